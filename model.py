@@ -1,0 +1,204 @@
+"""The energy UNet of dual score matching (SPEC 2), from small parts to the whole model.
+
+    f(y, t)       an image-to-image UNet conditioned on the noise variance t      (UNet)
+    U(y, t)       = 0.5 * <y, f(y, t)>, summed over all pixels, in nats           (EnergyUNet)
+    x_hat(y, t)   = y - t * f(y, t), the same UNet as a plain score network        (Denoiser)
+    (U, grad_y U, dU/dt) from ONE autograd call                                    (energy_and_scores)
+
+log p(y, t) = -(U(y, t) + c) with one constant c fixed at large t (SPEC 5, eval.py).
+Print the parameter count of the default config with `python model.py`.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import group_norm_silu
+
+
+@dataclass
+class UNetConfig:
+    channels: int = 3               # image channels C (3 colour, 1 grayscale)
+    base_width: int = 64            # channels at the finest scale; doubles at each coarser scale
+    num_scales: int = 3             # scales of the encoder/decoder; the middle block is one below
+    layers_per_block: int = 3       # convs per block (>= 2), the down/up convs included
+    groups: int | None = None       # groups of every norm layer; None = one per channel (reference)
+    preserve_scale: bool = True     # scale-preserving GroupNorm (SPEC 2.2); False = plain GroupNorm
+    emb_dim: int = 256              # width of the noise-conditioning MLP
+    num_freqs: int = 32             # sinusoidal frequencies of the t embedding (64 features)
+    kernel_impl: str = "auto"       # group_norm_silu path: "auto", "torch" or "triton"
+
+    def __post_init__(self):
+        if self.layers_per_block < 2:
+            raise ValueError(f"layers_per_block must be >= 2, got {self.layers_per_block}")
+        if self.channels < 1 or self.base_width < 1 or self.num_scales < 1:
+            raise ValueError(f"channels, base_width and num_scales must be >= 1: {self}")
+        if self.groups is not None:
+            widths = [self.base_width * 2 ** s for s in range(self.num_scales + 1)]
+            bad = [w for w in widths if w % self.groups]
+            if bad:
+                raise ValueError(f"groups={self.groups} must divide every width {widths}; fails for {bad}")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class NoiseEmbedding(nn.Module):
+    """t (B,) -> (B, emb_dim): cos and sin of t * w_k for w_k log-spaced from 1 down to 0.01 (SPEC 2.1)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.register_buffer("freqs", torch.logspace(0.0, -2.0, cfg.num_freqs), persistent=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * cfg.num_freqs, cfg.emb_dim), nn.SiLU(),
+            nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.SiLU(),
+        )
+
+    def forward(self, t):
+        a = t[:, None] * self.freqs                                   # (B, num_freqs)
+        return self.mlp(torch.cat([torch.cos(a), torch.sin(a)], dim=1))
+
+
+class ConvNormAct(nn.Module):
+    """Bias-free conv, then group_norm_silu with a learnt per-channel weight and gain 1 + e(t)."""
+
+    def __init__(self, c_in, c_out, kind, cfg):
+        super().__init__()
+        if kind == "conv":
+            self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        elif kind == "down":
+            self.conv = nn.Conv2d(c_in, c_out, 2, stride=2, bias=False)
+        else:  # "up"
+            self.conv = nn.ConvTranspose2d(c_in, c_out, 2, stride=2, bias=False)
+        self.weight = nn.Parameter(torch.ones(c_out))
+        self.gain = nn.Linear(cfg.emb_dim, c_out)                     # e(t), one Linear per norm layer
+        self.groups = cfg.groups or c_out
+        self.preserve_scale = cfg.preserve_scale
+        self.impl = cfg.kernel_impl
+
+    def forward(self, h, emb):
+        h = self.conv(h)
+        gain = 1.0 + self.gain(emb)                                   # (B, c_out)
+        return group_norm_silu(h, self.weight, gain, self.groups,
+                               preserve_scale=self.preserve_scale, impl=self.impl)
+
+
+class UNet(nn.Module):
+    """f(y, t). Every block has layers_per_block convs (3 in the reference):
+
+        encoder s:  [3x3 C->w0 | 2x2/2 down w_{s-1}->w_s], then 3x3 w_s->w_s ...
+        middle:     2x2/2 down w_{S-1}->w_S, 3x3 w_S->w_S ..., 2x2/2 up w_S->w_{S-1}
+        decoder s:  3x3 2w_s->w_s (after concatenating the encoder output), 3x3 w_s->w_s ...,
+                    then [2x2/2 up w_s->w_{s-1} | 3x3 w0->C, no norm, no activation]
+
+    With the defaults (w = 64, 128, 256, middle 512) this is 8,649,856 parameters for C = 3.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        S, L = cfg.num_scales, cfg.layers_per_block
+        w = [cfg.base_width * 2 ** s for s in range(S + 1)]          # w[S] is the middle width
+        self.embed = NoiseEmbedding(cfg)
+        self.encoder = nn.ModuleList()
+        for s in range(S):
+            first = ConvNormAct(cfg.channels, w[0], "conv", cfg) if s == 0 else ConvNormAct(w[s - 1], w[s], "down", cfg)
+            self.encoder.append(nn.ModuleList([first] + [ConvNormAct(w[s], w[s], "conv", cfg) for _ in range(L - 1)]))
+        self.middle = nn.ModuleList(
+            [ConvNormAct(w[S - 1], w[S], "down", cfg)]
+            + [ConvNormAct(w[S], w[S], "conv", cfg) for _ in range(L - 2)]
+            + [ConvNormAct(w[S], w[S - 1], "up", cfg)])
+        self.decoder = nn.ModuleList()
+        for s in reversed(range(S)):
+            layers = [ConvNormAct(2 * w[s], w[s], "conv", cfg)] + [ConvNormAct(w[s], w[s], "conv", cfg) for _ in range(L - 2)]
+            if s > 0:
+                layers.append(ConvNormAct(w[s], w[s - 1], "up", cfg))
+            self.decoder.append(nn.ModuleList(layers))
+        self.out = nn.Conv2d(w[0], cfg.channels, 3, padding=1, bias=False)
+
+    def check_inputs(self, y, t):
+        C, S = self.cfg.channels, self.cfg.num_scales
+        if y.dim() != 4 or y.shape[1] != C:
+            raise ValueError(f"y must be (B, C={C}, H, W), got shape {tuple(y.shape)}")
+        H, W = y.shape[2:]
+        if H % 2 ** S or W % 2 ** S:
+            raise ValueError(f"image size {H}x{W} must be divisible by 2^num_scales = {2 ** S}")
+        if t.shape != (y.shape[0],):
+            raise ValueError(f"t must be (B,) = ({y.shape[0]},), one noise variance per image; got {tuple(t.shape)}")
+
+    def forward(self, y, t):
+        self.check_inputs(y, t)
+        emb = self.embed(t)                                           # (B, emb_dim)
+        h, skips = y, []
+        for block in self.encoder:
+            for layer in block:
+                h = layer(h, emb)
+            skips.append(h)
+        for layer in self.middle:
+            h = layer(h, emb)
+        for block in self.decoder:
+            h = torch.cat([h, skips.pop()], dim=1)                    # (B, 2 w_s, H_s, W_s)
+            for layer in block:
+                h = layer(h, emb)
+        return self.out(h)                                            # (B, C, H, W)
+
+
+class EnergyUNet(nn.Module):
+    """U(y, t) = 0.5 * <y, f(y, t)> in nats, without the normalization constant c (SPEC 2)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.unet = UNet(cfg)
+
+    def forward(self, y, t):
+        f = self.unet(y, t)
+        return 0.5 * (y * f).flatten(1).sum(dim=1)                   # (B,)
+
+
+class Denoiser(nn.Module):
+    """The same UNet as a plain score network: x_hat = y - t * f(y, t), f estimating -score."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.unet = UNet(cfg)
+
+    def f(self, y, t):
+        return self.unet(y, t)
+
+    def forward(self, y, t):
+        return y - t.view(-1, 1, 1, 1) * self.unet(y, t)
+
+
+def energy_and_scores(energy_fn, y, t, create_graph=False):
+    """(U, grad_y U, dU/dt) of any energy (y, t) -> (B,) from ONE torch.autograd.grad call.
+
+    y (B, C, H, W) or (B, D); t (B,). Both are detached and made leaves that require grad, so
+    dU/dt is the partial derivative at fixed y. With create_graph=True the scores stay in the
+    graph and a loss on them back-propagates into the parameters (double backward, SPEC 2).
+    """
+    if t.dim() != 1 or t.shape[0] != y.shape[0]:
+        raise ValueError(f"t must be (B,) = ({y.shape[0]},), got shape {tuple(t.shape)}")
+    y = y.detach().requires_grad_(True)
+    t = t.detach().to(y.dtype).requires_grad_(True)
+    with torch.enable_grad():
+        U = energy_fn(y, t)
+        if U.shape != t.shape:
+            raise ValueError(f"energy_fn must return one energy per sample, shape ({t.shape[0]},); got {tuple(U.shape)}")
+        grad_y, dU_dt = torch.autograd.grad(U.sum(), (y, t), create_graph=create_graph)
+    if not create_graph:
+        U = U.detach()
+    return U, grad_y, dU_dt
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    for C in (3, 1):
+        n = count_parameters(EnergyUNet(UNetConfig(channels=C)))
+        print(f"EnergyUNet, default config, C={C}: {n:,} parameters")
