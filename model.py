@@ -194,6 +194,39 @@ def energy_and_scores(energy_fn, y, t, create_graph=False):
     return U, grad_y, dU_dt
 
 
+MODEL_KINDS = {"energy": EnergyUNet, "denoiser": Denoiser}
+
+
+def build_model(kind, model_config):
+    """kind "energy" or "denoiser"; model_config a dict of UNetConfig fields (as in checkpoints)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+    return MODEL_KINDS[kind](UNetConfig(**model_config))
+
+
+def load_model(path, device="cpu", kind=None):
+    """(model in eval mode, checkpoint dict) from a checkpoint written by train.py.
+
+    A checkpoint holds at least model (state_dict), model_config (UNetConfig fields), kind, config,
+    step. kind, if given, is the kind the caller needs ("energy" for NLL, say).
+    """
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass --ckpt=PATH of a file written by train.py")
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {e}); "
+                         "use another checkpoint (train.py keeps the previous one as ckpt_prev.pt)") from e
+    missing = [k for k in ("model", "model_config", "kind", "step") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}; it was not written by train.py")
+    if kind is not None and ckpt["kind"] != kind:
+        raise ValueError(f"checkpoint {path} holds a {ckpt['kind']!r} model but a {kind!r} model is needed here")
+    model = build_model(ckpt["kind"], ckpt["model_config"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
