@@ -1,0 +1,92 @@
+"""data/grf: sampler, entropy and exact energy against dense float64 Gaussians; prepare.py's CLI."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf
+
+
+def dense_covariance(lam):
+    """Sigma_pq = (1/d) sum_k lambda_k cos(2 pi k.(p - q) / n), built pixel by pixel (no FFT)."""
+    n = lam.shape[0]
+    k = torch.arange(n, dtype=torch.float64)
+    p = torch.stack(torch.meshgrid(k, k, indexing="ij"), -1).reshape(-1, 2)   # (d, 2) pixel = wavenumber grid
+    diff = p[:, None, :] - p[None, :, :]                                        # (d, d, 2)
+    phase = 2 * math.pi * (diff[..., None, :] * p[None, None, :, :]).sum(-1) / n  # (d, d, d)
+    return (torch.cos(phase) * lam.reshape(-1)).sum(-1) / n ** 2
+
+
+@pytest.fixture(params=[(4, 2.5, 2.0, 0.15), (6, 3.0, 1.0, 0.3), (5, 1.5, 0.5, 1.0)])
+def field(request):
+    size, alpha, k0, amplitude = request.param
+    lam = grf_eigenvalues(size, alpha, k0, amplitude)
+    return lam, dense_covariance(lam), 0.5
+
+
+def test_eigenvalues_symmetric_and_scaled(field):
+    lam, Sigma, _ = field
+    n = lam.shape[0]
+    flipped = lam[(-torch.arange(n)) % n][:, (-torch.arange(n)) % n]
+    assert torch.equal(lam, flipped)                                   # lambda_k = lambda_{-k}
+    assert torch.allclose(torch.diagonal(Sigma), lam.mean().expand(n * n), rtol=1e-12)
+    assert torch.allclose(torch.linalg.eigvalsh(Sigma), lam.reshape(-1).sort().values, rtol=1e-9, atol=1e-14)
+
+
+def test_sampler_covariance(field):
+    lam, Sigma, m = field
+    x = sample_grf(40000, lam, m, generator=torch.Generator().manual_seed(0)).reshape(40000, -1)
+    err_mean = (x.mean(0) - m).abs().max() / lam.mean().sqrt()
+    C = torch.cov(x.T)
+    assert err_mean < 0.03
+    assert (C - Sigma).abs().max() / lam.mean() < 0.04
+
+
+@pytest.mark.parametrize("t", [0.0, 1e-3, 0.7, 1e3])
+def test_entropy_and_energy_match_dense_gaussian(field, t):
+    lam, Sigma, m = field
+    d = Sigma.shape[0]
+    mvn = torch.distributions.MultivariateNormal(torch.full((d,), m, dtype=torch.float64), Sigma + t * torch.eye(d, dtype=torch.float64))
+    assert grf_entropy(lam, t) == pytest.approx(mvn.entropy().item(), rel=1e-10, abs=1e-9)
+    y = mvn.sample((7,))                                               # (7, d)
+    U = grf_energy(y.reshape(7, 1, *lam.shape), torch.full((7,), t, dtype=torch.float64), lam, m)
+    assert torch.allclose(U, -mvn.log_prob(y), rtol=1e-10, atol=1e-8)
+
+
+def test_time_and_space_scores_match_dense(field):
+    lam, Sigma, m = field
+    d = Sigma.shape[0]
+    g = torch.Generator().manual_seed(1)
+    t = torch.tensor([1e-4, 0.02, 3.0], dtype=torch.float64, requires_grad=True)
+    y = (m + torch.randn(3, d, generator=g, dtype=torch.float64) * 0.5).requires_grad_(True)
+    U = grf_energy(y, t, lam, m)
+    grad_y, dU_dt = torch.autograd.grad(U.sum(), (y, t))
+    for i in range(3):                                                 # analytic, dense
+        A_inv = torch.linalg.inv(Sigma + t[i].detach() * torch.eye(d, dtype=torch.float64))
+        r = A_inv @ (y[i].detach() - m)
+        assert torch.allclose(grad_y[i], r, rtol=1e-9, atol=1e-9)
+        assert dU_dt[i].item() == pytest.approx((0.5 * torch.trace(A_inv) - 0.5 * r @ r).item(), rel=1e-9)
+
+
+def test_prepare_cli(tmp_path):
+    out = tmp_path / "grf"
+    cmd = [sys.executable, "data/grf/prepare.py", "--size=8", "--n_train=300", "--n_val=50", f"--out={out}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    train, val = np.load(out / "train.npy"), np.load(out / "val.npy")
+    assert train.shape == (300, 8, 8, 1) and val.shape == (50, 8, 8, 1)
+    assert train.dtype == np.float32 and val.dtype == np.float32
+    meta = json.loads((out / "meta.json").read_text())
+    lam = grf_eigenvalues(8, 2.5, 2.0, 0.15)
+    assert meta["entropy_bits_per_dim"] == pytest.approx(grf_entropy(lam) / (64 * math.log(2)), rel=1e-12)
+    assert abs(train.mean() - 0.5) < 0.05 and abs(train.std() - 0.15) < 0.03
+    assert not np.allclose(train[:50], val)                            # independent draws
+
+
+@pytest.mark.parametrize("arg, message", [("--sizes=8", "bad argument"), ("--amplitude=-1", "amplitude > 0")])
+def test_prepare_cli_bad_input(tmp_path, arg, message):
+    r = subprocess.run([sys.executable, "data/grf/prepare.py", arg, f"--out={tmp_path}"], capture_output=True, text=True)
+    assert r.returncode != 0 and message in r.stderr
