@@ -43,15 +43,20 @@ r_vb = -q^2, r_bb = 0; plain: s = q^1/2, s_v = -s^3 / 2, s_vv = 3 s^5 / 4.
 import torch
 
 
-def scale(v, eps, preserve_scale):
-    """s (N, G) and its partial derivatives (s_v, s_b, s_vv, s_vb, s_bb) in v_g and vbar."""
+def scale(v, eps, preserve_scale, derivatives=True):
+    """s (N, G) and its partial derivatives (s_v, s_b, s_vv, s_vb, s_bb) in v_g and vbar;
+    s alone if derivatives is False."""
     q = 1.0 / (v + eps)
     if not preserve_scale:
         s = q.sqrt()
+        if not derivatives:
+            return s
         zero = torch.zeros_like(s)
         return s, -0.5 * s ** 3, zero, 0.75 * s ** 5, zero, zero
     vbar = v.mean(dim=1, keepdim=True)                                # (N, 1)
     s = (vbar * q + eps).sqrt()
+    if not derivatives:
+        return s
     s3 = s ** 3
     s_v = -vbar * q ** 2 / (2 * s)
     s_b = q / (2 * s)
@@ -105,7 +110,7 @@ def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
     m = xg.mean(dim=(2, 3))                                            # (N, G)
     xc = xg - m[..., None, None]
     v = (xc * xc).mean(dim=(2, 3))                                     # two-pass variance
-    s = scale(v, eps, preserve_scale)[0]
+    s = scale(v, eps, preserve_scale, derivatives=False)
     a = xc * s[..., None, None] * w * gn
     return torch.nn.functional.silu(a).reshape(x.shape), m, v
 
