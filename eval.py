@@ -1,10 +1,32 @@
-"""Evaluation of a trained energy model: normalization constant and NLL (SPEC 5).
+"""Evaluation of a trained energy model: normalization constant, NLL, denoising PSNR (SPEC 5, 6).
 
-The functions at the top are the building blocks that train.py also uses.
+    python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64                   # GPU if present
+    python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --max_images=500 --device=cpu
+    python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --denoiser_ckpt=out_den/ckpt.pt
+    python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --ode_images=64   # + ODE check
+
+Writes OUT/results.json (OUT defaults to the checkpoint's folder) and prints a short table:
+    log_norm_const (+ stderr)   c = (d/2) log(2 pi e t_max) - mean U(x + sqrt(t_max) z, t_max)
+    nll_bpd (+ stderr)          (mean U(x, 0) + c) / (d ln 2), + 8 for uint8 images
+    psnr                        Table 1: output PSNR of x_hat = y - t grad_y U (and of a denoiser)
+    ode_*                       the probability-flow ODE likelihood of the same score, on the
+                                first ode_images images: an independent check of the one-pass NLL
+
+The functions below are the building blocks that train.py, sample.py and figures.py use. Each
+takes any energy callable (y, t) -> (B,) in nats, so analytic energies plug in (tests do this)
+and a model loaded from a checkpoint is just one such callable.
 """
+import json
 import math
+import os
+import sys
+import time
 
+import numpy as np
 import torch
+
+from dataset import load_split, to_tensor
+from model import energy_and_scores, load_model
 
 
 def gaussian_entropy(d, t):
@@ -28,3 +50,281 @@ def log_norm_const(mean_U_tmax, d, t_max):
 def nll_bits_per_dim(mean_U0, c, d, quantized):
     """(mean U(x, 0) + c) / (d ln 2), + 8 for uint8 images (density on the 256-level scale)."""
     return (mean_U0 + c) / (d * math.log(2)) + (8.0 if quantized else 0.0)
+
+
+# ----------------------------------------------------------------------------- building blocks
+PSNR_IN = (90, 75, 60, 45, 30, 15, 0, -15, -30)       # Table 1's input PSNRs, dB; t = 10^(-PSNR/10)
+DB_PER_NAT = 10 / math.log(10)                        # log p in dB/dim = DB_PER_NAT * log p / d
+
+
+def batches(images, batch_size, device):
+    """(B, C, H, W) float tensors from an (N, H, W, C) uint8 or float32 array, in order."""
+    for i in range(0, len(images), batch_size):
+        yield to_tensor(images[i:i + batch_size], device)
+
+
+def mean_and_stderr(v):
+    """Mean of a 1-D array and its standard error std / sqrt(n) (nan for n = 1)."""
+    v = np.asarray(v, dtype=np.float64)
+    se = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return float(v.mean()), float(se)
+
+
+def energies(energy_fn, images, t=0.0, n_draws=1, batch_size=256, device="cpu", generator=None):
+    """(N,) float64: U(x + sqrt(t) z, t) per image, averaged over n_draws noise draws (t=0: U(x, 0))."""
+    out = []
+    for x in batches(images, batch_size, device):
+        U = sum(noisy_energies(energy_fn, x, t, generator) for _ in range(n_draws if t > 0 else 1))
+        out.append((U / (n_draws if t > 0 else 1)).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def estimate_log_norm_const(energy_fn, images, t_max=1e3, n_draws=1, batch_size=256, device="cpu", generator=None):
+    """(c, standard error of c) in nats (SPEC 5). With n_draws > 1 the draws of an image are
+    averaged first, so the error is over images and counts both sources of variance."""
+    U = energies(energy_fn, images, t_max, n_draws, batch_size, device, generator)
+    mean_U, se = mean_and_stderr(U)
+    return log_norm_const(mean_U, images[0].size, t_max), se
+
+
+def nll(energy_fn, images, c, c_stderr, quantized, batch_size=256, device="cpu"):
+    """(NLL bits/dim, its standard error, log p per image in nats (N,)). The error adds the
+    spread of U(x, 0) over images and the error of c in quadrature (independent noise draws)."""
+    d = images[0].size
+    U0 = energies(energy_fn, images, 0.0, 1, batch_size, device)
+    mean_U0, se_U0 = mean_and_stderr(U0)
+    se = math.sqrt(se_U0 ** 2 + c_stderr ** 2) / (d * math.log(2))
+    return nll_bits_per_dim(mean_U0, c, d, quantized), se, -(U0 + c)
+
+
+def energy_denoiser(energy_fn):
+    """x_hat(y, t) = y - t grad_y U(y, t) (Tweedie / Miyasawa, SPEC 2) as a callable."""
+    def x_hat(y, t):
+        _, grad_y, _ = energy_and_scores(energy_fn, y, t)
+        return y - t.view(-1, *[1] * (y.dim() - 1)) * grad_y
+    return x_hat
+
+
+def denoising_psnr(denoise_fn, images, psnr_in=PSNR_IN, batch_size=256, device="cpu", generator=None):
+    """Table 1: for each input PSNR (dB, peak 1) the mean over images of the output PSNR
+    -10 log10 mean((x_hat - x)^2) and its standard error; lists of len(psnr_in)."""
+    means, ses = [], []
+    for p in psnr_in:
+        t, out = 10.0 ** (-p / 10), []
+        for x in batches(images, batch_size, device):
+            y = x + math.sqrt(t) * torch.randn(x.shape, generator=generator, device=x.device)
+            x_hat = denoise_fn(y, torch.full((x.shape[0],), t, device=x.device)).detach()
+            mse = (x_hat - x).double().pow(2).flatten(1).mean(dim=1)             # (B,)
+            out.append((-10 * torch.log10(mse)).cpu())
+        m, se = mean_and_stderr(torch.cat(out).numpy())
+        means.append(m)
+        ses.append(se)
+    return means, ses
+
+
+def logp_and_deff(energy_fn, x, t, c, n_draws=1, generator=None):
+    """Per image (B,), averaged over n_draws y = x + sqrt(t) z (Fig. 5):
+    log p(y, t) = -(U(y, t) + c) in nats and d_eff(x, t) = E ||x - x_hat(y, t)||^2 / t."""
+    tt = torch.full((x.shape[0],), float(t), device=x.device)
+    logp, deff = 0.0, 0.0
+    for _ in range(n_draws):
+        y = x + math.sqrt(t) * torch.randn(x.shape, generator=generator, device=x.device)
+        U, grad_y, _ = energy_and_scores(energy_fn, y, tt)
+        x_hat = y - t * grad_y
+        logp = logp - (U.double() + c) / n_draws
+        deff = deff + (x - x_hat).double().pow(2).flatten(1).sum(dim=1) / t / n_draws
+    return logp, deff
+
+
+def ode_nll(energy_fn, x, prior_mean, t_min=1e-9, t_max=1e3, n_steps=16, generator=None):
+    """-log p(x) in nats per image (B,) from the probability-flow ODE of the same score, and the
+    number of network evaluations (each a forward, a gradient and a Hessian-vector product).
+
+    For y = x + sqrt(t) z the flow is dy/dt = 0.5 grad_y U(y, t) and
+        log p(x) = log N(y(t_max); prior_mean, t_max I) + int 0.5 Laplacian_y U(y(t), t) dt,
+    integrated from t_min to t_max in s = log t (dy/ds = t dy/dt) by the classical 4th-order
+    Runge-Kutta method on n_steps equal steps (Heun's 2nd order needs ~10x the steps for the same
+    error); the Laplacian by Hutchinson's estimator eps^T (Hessian eps), one Rademacher eps per
+    image held fixed along the path. The prior is the Gaussian the constant c also assumes.
+    """
+    eps = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+
+    def rates(s, y):                                   # (dy/ds, d(log p(x) - log prior)/ds)
+        t = math.exp(s)
+        y = y.detach().requires_grad_(True)
+        tt = torch.full((y.shape[0],), t, device=y.device, dtype=y.dtype)
+        with torch.enable_grad():
+            grad_y, = torch.autograd.grad(energy_fn(y, tt).sum(), y, create_graph=True)
+            hvp, = torch.autograd.grad((grad_y * eps).sum(), y)
+        return 0.5 * t * grad_y.detach(), 0.5 * t * (hvp * eps).flatten(1).sum(dim=1).double()
+
+    s = np.linspace(math.log(t_min), math.log(t_max), n_steps + 1)
+    y, gain = x.clone(), torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for k in range(n_steps):
+        h = s[k + 1] - s[k]
+        v1, g1 = rates(s[k], y)
+        v2, g2 = rates(s[k] + h / 2, y + h / 2 * v1)
+        v3, g3 = rates(s[k] + h / 2, y + h / 2 * v2)
+        v4, g4 = rates(s[k + 1], y + h * v3)
+        y = y + h / 6 * (v1 + 2 * v2 + 2 * v3 + v4)
+        gain = gain + h / 6 * (g1 + 2 * g2 + 2 * g3 + g4)
+    d = x[0].numel()
+    r2 = (y - prior_mean).double().pow(2).flatten(1).sum(dim=1)
+    log_prior = -0.5 * d * math.log(2 * math.pi * t_max) - r2 / (2 * t_max)
+    return -(log_prior + gain), 4 * n_steps
+
+
+# ----------------------------------------------------------------------------- command-line plumbing
+def parse_overrides(config, argv):
+    """config (dict of defaults) updated by typed --key=value arguments; anything else is an error."""
+    config = dict(config)
+    for arg in argv:
+        key, sep, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not sep:
+            raise SystemExit(f"bad argument {arg!r}: arguments are --key=value, keys: {', '.join(sorted(config))}")
+        if key not in config:
+            raise SystemExit(f"unknown key --{key}; known keys: {', '.join(sorted(config))}")
+        default = config[key]
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                config[key] = value.lower() in ("true", "1")
+            elif isinstance(default, int):
+                config[key] = int(float(value)) if float(value).is_integer() else int(value)
+            elif isinstance(default, float):
+                config[key] = float(value)
+            else:
+                config[key] = value
+        except ValueError:
+            raise SystemExit(f"--{key}={value}: expected a {type(default).__name__} like the default {default!r}")
+    return config
+
+
+def pick_device(device):
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def check_images(images, split_path, ckpt, ckpt_path):
+    """A clear error when the dataset's images cannot be fed to the checkpoint's model."""
+    mc = ckpt["model_config"]
+    H, W, C = images.shape[1:]
+    if C != mc["channels"]:
+        raise ValueError(f"dataset {split_path} has {C}-channel images ({H}x{W}x{C}) but checkpoint {ckpt_path} "
+                         f"was built for {mc['channels']} channels; use a matching --data_dir or --ckpt")
+    f = 2 ** mc["num_scales"]
+    if H % f or W % f:
+        raise ValueError(f"dataset {split_path} has {H}x{W} images but checkpoint {ckpt_path} has num_scales="
+                         f"{mc['num_scales']} and needs sizes divisible by {f}; use a matching --data_dir or --ckpt")
+    trained = ckpt.get("config", {}).get("image_shape")
+    if trained is not None and tuple(trained) != (H, W, C):
+        raise ValueError(f"dataset {split_path} has images {H}x{W}x{C} but checkpoint {ckpt_path} was trained on "
+                         f"{'x'.join(map(str, trained))}; use a matching --data_dir or --ckpt")
+
+
+def load_images(data_dir, split, max_images, ckpt, ckpt_path):
+    """(images (N, H, W, C), quantized) of a split, the first max_images of them (-1: all)."""
+    images, quantized = load_split(data_dir, split)
+    check_images(images, os.path.join(data_dir, f"{split}.npy"), ckpt, ckpt_path)
+    return (images if max_images < 0 else images[:max_images]), quantized
+
+
+def main(argv):
+    config = dict(
+        ckpt="",                 # energy checkpoint written by train.py (required)
+        data_dir="",             # dataset folder with train.npy and val.npy (required)
+        split="val",             # split of the NLL and the PSNR table
+        const_split="val",       # split of the normalization constant (SPEC 5: validation)
+        max_images=-1,           # first N images of each split; -1 = all
+        n_draws=1,               # noise draws per image for the constant
+        t_max=1e3,               # noise variance of the constant
+        denoiser_ckpt="",        # optional plain denoiser checkpoint for Table 1's second column
+        psnr_images=-1,          # images for the PSNR table (first of the split); -1 = max_images, 0 = skip
+        ode_images=0,            # images for the probability-flow ODE check; 0 = skip
+        ode_steps=16,            # Runge-Kutta 4 steps of the ODE (4 network evaluations each)
+        ode_t_min=1e-9,          # the ODE starts at this noise variance
+        batch_size=256,          # images per forward pass
+        device="auto",           # "auto" = cuda if available, else cpu
+        seed=0,                  # seed of the noise draws
+        out="",                  # output folder; "" = the checkpoint's folder
+    )
+    config = parse_overrides(config, argv)
+    if not config["ckpt"] or not config["data_dir"]:
+        raise SystemExit("eval.py needs --ckpt=PATH (an energy checkpoint) and --data_dir=DIR (train.npy, val.npy)")
+    device = pick_device(config["device"])
+    gen = torch.Generator(device).manual_seed(config["seed"])
+    bs = config["batch_size"]
+    model, ckpt = load_model(config["ckpt"], device, kind="energy")
+    images, quantized = load_images(config["data_dir"], config["split"], config["max_images"], ckpt, config["ckpt"])
+    const_images, _ = load_images(config["data_dir"], config["const_split"], config["max_images"], ckpt, config["ckpt"])
+    d = images[0].size
+
+    c, c_se = estimate_log_norm_const(model, const_images, config["t_max"], config["n_draws"], bs, device, gen)
+    t0 = time.time()
+    nll_bpd, nll_se, logp = nll(model, images, c, c_se, quantized, bs, device)
+    onepass_s = time.time() - t0
+    results = dict(nll_bpd=nll_bpd, nll_bpd_stderr=nll_se, log_norm_const=c, log_norm_const_stderr=c_se,
+                   d=d, n_images=len(images), n_const_images=len(const_images), n_draws=config["n_draws"],
+                   quantized=bool(quantized), mean_logp_db_per_dim=float(DB_PER_NAT * logp.mean() / d),
+                   onepass_seconds=onepass_s, checkpoint_step=ckpt["step"], config=config)
+
+    n_psnr = len(images) if config["psnr_images"] < 0 else config["psnr_images"]
+    if n_psnr > 0:
+        psnr_e, psnr_e_se = denoising_psnr(energy_denoiser(model), images[:n_psnr], batch_size=bs, device=device, generator=gen)
+        results["psnr"] = dict(psnr_in=list(PSNR_IN), energy=psnr_e, energy_stderr=psnr_e_se, n_images=n_psnr)
+        if config["denoiser_ckpt"]:
+            denoiser, dckpt = load_model(config["denoiser_ckpt"], device, kind="denoiser")
+            check_images(images, config["split"], dckpt, config["denoiser_ckpt"])
+            with torch.no_grad():
+                psnr_d, psnr_d_se = denoising_psnr(denoiser, images[:n_psnr], batch_size=bs, device=device, generator=gen)
+            results["psnr"].update(denoiser=psnr_d, denoiser_stderr=psnr_d_se)
+
+    if config["ode_images"] > 0:
+        x_ode = images[:config["ode_images"]]
+        prior_mean = to_tensor(np.asarray(const_images[:4096]), "cpu").mean(dim=0).to(device)   # (C, H, W)
+        t0 = time.time()
+        ode = torch.cat([ode_nll(model, x, prior_mean, config["ode_t_min"], config["t_max"], config["ode_steps"], gen)[0].cpu()
+                         for x in batches(x_ode, bs, device)]).numpy()
+        ode_s = time.time() - t0
+        to_bpd = 1 / (d * math.log(2))
+        diff = ode + logp[:len(x_ode)]                                 # ODE NLL - one-pass NLL, nats
+        m, se = mean_and_stderr(ode * to_bpd)
+        dm, dse = mean_and_stderr(diff * to_bpd)
+        results["ode"] = dict(nll_bpd=m + (8.0 if quantized else 0.0), nll_bpd_stderr=se,
+                              onepass_nll_bpd=float(-logp[:len(x_ode)].mean() * to_bpd + (8.0 if quantized else 0.0)),
+                              minus_onepass_bpd=dm, minus_onepass_bpd_stderr=dse, n_images=len(x_ode),
+                              nfe_per_image=4 * config["ode_steps"], t_min=config["ode_t_min"],
+                              seconds=ode_s, time_ratio=ode_s / (onepass_s * len(x_ode) / len(images)))
+
+    out = config["out"] or os.path.dirname(os.path.abspath(config["ckpt"]))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print_table(results, os.path.join(out, "results.json"))
+    return results
+
+
+def print_table(r, path):
+    unit = "bits/dim (+8 offset, uint8 images)" if r["quantized"] else "bits/dim (differential entropy)"
+    print(f"d = {r['d']}, {r['n_images']} images, constant from {r['n_const_images']} images x {r['n_draws']} draws")
+    print(f"log_norm_const c = {r['log_norm_const']:.3f} +- {r['log_norm_const_stderr']:.3f} nats")
+    print(f"NLL              = {r['nll_bpd']:.4f} +- {r['nll_bpd_stderr']:.4f} {unit}")
+    print(f"mean log p       = {r['mean_logp_db_per_dim']:.3f} dB/dim")
+    if "psnr" in r:
+        p = r["psnr"]
+        print(f"denoising PSNR (dB) on {p['n_images']} images:")
+        print("  input   " + " ".join(f"{v:7.0f}" for v in p["psnr_in"]))
+        print("  energy  " + " ".join(f"{v:7.2f}" for v in p["energy"]))
+        if "denoiser" in p:
+            print("  denoiser" + " ".join(f"{v:7.2f}" for v in p["denoiser"]))
+    if "ode" in r:
+        o = r["ode"]
+        print(f"ODE NLL on {o['n_images']} images = {o['nll_bpd']:.4f} +- {o['nll_bpd_stderr']:.4f} (one-pass "
+              f"{o['onepass_nll_bpd']:.4f}; ODE - one-pass = {o['minus_onepass_bpd']:.4f} +- "
+              f"{o['minus_onepass_bpd_stderr']:.4f}), {o['nfe_per_image']} evaluations/image, "
+              f"{o['time_ratio']:.0f}x the one-pass time")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,183 @@
+"""eval.py, sample.py and figures.py against objects whose answers are known.
+
+An exact Gaussian energy U*(y, t) + K (x ~ N(mu, Sigma), rotated, so Hutchinson's estimator has
+variance) gives the true NLL, d_eff, denoiser and moments; the constant K must be recovered by
+eval's constant. Each command then runs once on a tiny checkpoint built here.
+"""
+import json
+import math
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import numpy as np
+import pytest
+import torch
+
+import eval as ev
+from model import Denoiser, EnergyUNet, UNetConfig
+
+torch.set_num_threads(1)
+
+
+class GaussianEnergy:
+    """U(y, t) = -log N(y; mu, Sigma + t I) + K for images (B, C, H, W); Sigma = Q diag(s2) Q^T."""
+
+    def __init__(self, shape, mu=0.5, s=(0.05, 0.3), K=1000.0, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.shape, self.d, self.K = shape, math.prod(shape), K
+        self.mu = (mu + 0.1 * torch.randn(self.d, generator=g)).double()
+        self.s2 = (s[0] + (s[1] - s[0]) * torch.rand(self.d, generator=g)).double() ** 2
+        self.Q = torch.linalg.qr(torch.randn(self.d, self.d, generator=g, dtype=torch.float64))[0]
+
+    def __call__(self, y, t):
+        r = (y.flatten(1).double() - self.mu) @ self.Q                       # (B, d) eigen-coordinates
+        v = self.s2 + t.double()[:, None]                                     # (B, d)
+        return ((0.5 * r ** 2 / v + 0.5 * torch.log(2 * math.pi * v)).sum(dim=1) + self.K).to(y.dtype)
+
+    def sample(self, n, seed=1):
+        z = torch.randn(n, self.d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return (self.mu + (z * self.s2.sqrt()) @ self.Q.T).float().view(n, *self.shape)
+
+    def entropy(self):
+        return 0.5 * torch.log(2 * math.pi * math.e * self.s2).sum().item()
+
+    def deff(self, x, t):
+        """E ||x - x_hat||^2 / t per image: sum (1 - a)^2 r^2 / t + a^2, a = s2 / (s2 + t)."""
+        r = (x.flatten(1).double() - self.mu) @ self.Q
+        a = self.s2 / (self.s2 + t)
+        return ((1 - a) ** 2 * r ** 2 / t + a ** 2).sum(dim=1)
+
+    def mean_energy(self, x, t):
+        """E_z U(x + sqrt(t) z, t) per image, without K: -E log p(y, t)."""
+        r = (x.flatten(1).double() - self.mu) @ self.Q
+        v = self.s2 + t
+        return (0.5 * (r ** 2 + t) / v + 0.5 * torch.log(2 * math.pi * v)).sum(dim=1)
+
+
+def as_array(x):
+    """(N, C, H, W) tensor -> (N, H, W, C) float32 numpy, the dataset layout."""
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def quantize(x):
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_nll_of_gaussian_energy_is_its_entropy(quantized):
+    U = GaussianEnergy((1, 4, 4), mu=0.5, s=(0.05, 0.1))
+    x = U.sample(4000)
+    images = quantize(x) if quantized else as_array(x)
+    gen = torch.Generator().manual_seed(0)
+    c, c_se = ev.estimate_log_norm_const(U, images, t_max=1e3, n_draws=4, batch_size=1000, generator=gen)
+    # c recovers -K (the constant the energy omits) within its error; the error is sqrt(d/2)/sqrt(4 N)
+    assert abs(c + U.K) < 4 * c_se + 0.01
+    assert 0.5 * c_se * math.sqrt(4 * 4000) < math.sqrt(U.d / 2) < 2 * c_se * math.sqrt(4 * 4000)
+    nll, se, logp = ev.nll(U, images, c, c_se, quantized, batch_size=1000)
+    truth = U.entropy() / (U.d * math.log(2)) + (8.0 if quantized else 0.0)
+    assert abs(nll - truth) < 4 * se + 1e-3, (nll, truth, se)
+    assert logp.shape == (4000,)
+
+
+def test_energy_denoiser_is_the_posterior_mean():
+    U = GaussianEnergy((1, 4, 4))
+    y, t = U.sample(8) + 0.3 * torch.randn(8, 1, 4, 4), torch.full((8,), 0.09)
+    x_hat = ev.energy_denoiser(U)(y, t).double().flatten(1)
+    Sigma = U.Q @ torch.diag(U.s2) @ U.Q.T
+    ref = U.mu + (y.flatten(1).double() - U.mu) @ torch.linalg.solve(Sigma + 0.09 * torch.eye(U.d), Sigma)
+    torch.testing.assert_close(x_hat, ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("t", [1e-6, 1e-2, 1.0, 1e2])
+def test_deff_and_noisy_logp_match_analytic(t):
+    U = GaussianEnergy((1, 4, 4))
+    x = U.sample(256)
+    gen = torch.Generator().manual_seed(1)
+    logp, deff = ev.logp_and_deff(U, x, t, c=-U.K, n_draws=4, generator=gen)
+    for est, ref in ((deff, U.deff(x, t)), (-logp, U.mean_energy(x, t))):
+        diff = (est - ref).numpy()
+        m, se = ev.mean_and_stderr(diff)
+        assert abs(m) < 4 * se + 1e-4 * abs(ref.mean().item()), (t, m, se)
+    # the dataset average approaches d at small t and sum s2 / (s2 + t) in general
+    assert abs(deff.mean().item() / (U.s2 / (U.s2 + t)).sum().item() - 1) < 0.1
+
+
+def test_ode_nll_agrees_with_one_pass_nll():
+    U = GaussianEnergy((1, 4, 4), s=(0.05, 0.3))
+    x = U.sample(128)
+    gen = torch.Generator().manual_seed(2)
+    ode, nfe = ev.ode_nll(U, x, U.mu.float().view(1, 4, 4), t_min=1e-9, t_max=1e3, n_steps=16, generator=gen)
+    one_pass = U(x, torch.zeros(128)).double() - U.K                     # exact -log p(x)
+    diff = (ode - one_pass).numpy()
+    m, se = ev.mean_and_stderr(diff)
+    assert nfe == 64
+    assert se > 0.01                                     # the Hutchinson noise is really there
+    assert abs(m) < 4 * se + 0.2, (m, se)           # + RK4's bias at 16 steps, ~0.15 nats
+
+
+def test_parse_overrides():
+    cfg = dict(a=1, b=0.5, c="x", d=False)
+    assert ev.parse_overrides(cfg, ["--a=1e3", "--b=2", "--c=y", "--d=true"]) == dict(a=1000, b=2.0, c="y", d=True)
+    for bad in (["--e=1"], ["--a=x"], ["a=1"], ["--d=maybe"]):
+        with pytest.raises(SystemExit):
+            ev.parse_overrides(cfg, bad)
+
+
+# ----------------------------------------------------------------------------- commands on a tiny checkpoint
+TINY = dict(channels=1, base_width=4, num_scales=1, layers_per_block=2, emb_dim=8, num_freqs=4)
+
+
+def save_ckpt(path, kind, **overrides):
+    cfg = UNetConfig(**{**TINY, **overrides})
+    torch.manual_seed(0)
+    model = (EnergyUNet if kind == "energy" else Denoiser)(cfg)
+    torch.save(dict(model=model.state_dict(), model_config=cfg.to_dict(), kind=kind, config={}, step=7), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    data = root / "data"
+    data.mkdir()
+    for split, n in (("train", 24), ("val", 16)):
+        np.save(data / f"{split}.npy", rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8))
+    rgb = root / "rgb"
+    rgb.mkdir()
+    np.save(rgb / "val.npy", rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    return dict(root=root, data=str(data), rgb=str(rgb), energy=save_ckpt(root / "e.pt", "energy"),
+                energy2=save_ckpt(root / "e2.pt", "energy"), denoiser=save_ckpt(root / "den.pt", "denoiser"))
+
+
+def test_eval_command(tiny, capsys):
+    out = tiny["root"] / "eval"
+    r = ev.main([f"--ckpt={tiny['energy']}", f"--data_dir={tiny['data']}", "--max_images=8", "--n_draws=2",
+                 f"--denoiser_ckpt={tiny['denoiser']}", "--ode_images=2", "--ode_steps=2", "--device=cpu",
+                 f"--out={out}"])
+    saved = json.loads((out / "results.json").read_text())
+    for key in ("nll_bpd", "nll_bpd_stderr", "log_norm_const", "log_norm_const_stderr", "d", "n_images", "n_draws"):
+        assert key in saved
+    assert saved["d"] == 64 and saved["n_images"] == 8 and saved["n_draws"] == 2
+    assert len(saved["psnr"]["energy"]) == len(saved["psnr"]["denoiser"]) == 9
+    assert saved["ode"]["nfe_per_image"] == 8 and math.isfinite(saved["ode"]["nll_bpd"])
+    # the printed NLL is the one recomputed from the saved constant and the model's energies
+    model, _ = ev.load_model(tiny["energy"], "cpu", kind="energy")
+    images = np.load(os.path.join(tiny["data"], "val.npy"))[:8]
+    U0 = ev.energies(model, images)
+    assert abs(ev.nll_bits_per_dim(U0.mean(), r["log_norm_const"], 64, True) - saved["nll_bpd"]) < 1e-6
+    assert "NLL" in capsys.readouterr().out
+
+
+def test_eval_bad_input(tiny):
+    with pytest.raises(ValueError, match="'denoiser' model but a 'energy'"):
+        ev.main([f"--ckpt={tiny['denoiser']}", f"--data_dir={tiny['data']}"])
+    with pytest.raises(ValueError, match=r"3-channel images.*built for 1 channels"):
+        ev.main([f"--ckpt={tiny['energy']}", f"--data_dir={tiny['rgb']}"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ev.main([f"--ckpt={tiny['root'] / 'nope.pt'}", f"--data_dir={tiny['data']}"])
+    with pytest.raises(FileNotFoundError, match="val.npy not found"):
+        ev.main([f"--ckpt={tiny['energy']}", f"--data_dir={tiny['root']}"])
+    with pytest.raises(SystemExit, match="unknown key --max_image"):
+        ev.main([f"--ckpt={tiny['energy']}", "--max_image=3"])
