@@ -1,0 +1,365 @@
+"""Train an energy model U(y, t) by dual score matching (SPEC 3), or the plain denoiser baseline.
+
+    python train.py                                      # the paper's colour ImageNet64 run, one GPU (or CPU)
+    python train.py --preset=cpu                         # small grayscale model on data/patches, ~10 min on a CPU
+    torchrun --standalone --nproc_per_node=8 train.py    # the same run on 8 GPUs (DDP, NCCL)
+    torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --master_port=29500 --nproc_per_node=8 train.py
+    torchrun --standalone --nproc_per_node=2 train.py --preset=cpu --device=cpu   # DDP on CPU (gloo)
+
+Overrides are typed `--key=value` (unknown keys and bad values are errors); every UNetConfig field
+of model.py is a key too (--base_width=32 --groups=None ...). Prepare data first with
+`python data/imagenet64/prepare.py --src=DIR` or `python data/patches/prepare.py`.
+Everything goes to out_dir: config.json, log.jsonl (one JSON object per log line and per eval),
+ckpt.pt (and the one before it, ckpt_prev.pt). A run resumes from out_dir/ckpt.pt by itself.
+"""
+import json
+import math
+import os
+import platform
+import sys
+import time
+import typing
+from contextlib import nullcontext
+from dataclasses import fields
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from dataset import load_split, to_tensor
+from eval import log_norm_const, nll_bits_per_dim, noisy_energies
+from losses import denoiser_score_matching, dual_score_matching
+from model import UNetConfig, build_model, count_parameters
+
+# ----------------------------------------------------------------------------- config
+# defaults: the paper's colour ImageNet64 run (SPEC 3)
+data_dir = "data/imagenet64"      # folder with train.npy and val.npy, (N, H, W, C) uint8 or float32
+out_dir = "out/imagenet64"        # config, logs and checkpoints; an existing ckpt.pt is resumed
+kind = "energy"                   # "energy": U(y, t) by dual SM; "denoiser": the plain score network baseline
+time_weight = 1.0                 # weight of the time score matching term; 0 = single score matching
+max_steps = 1_000_000             # optimizer steps
+batch_size = 128                  # GLOBAL batch (images per step), split across ranks and grad_accum
+grad_accum = 1                    # micro-batches per rank and step (same result, less memory)
+lr = 5e-4                         # Adam learning rate at step 0
+lr_halve_every = 100_000          # steps between halvings of the learning rate
+beta1 = 0.9                       # Adam beta1
+beta2 = 0.999                     # Adam beta2
+flip = True                       # random horizontal flips of the training images
+ema_halflife_images = 0           # EMA of the weights, half-life in images seen; 0 = no EMA (the paper)
+log_interval = 100                # steps between log lines
+eval_interval = 10_000            # steps between evaluations (also after the last step)
+eval_images = 2048                # validation images used by each evaluation (the first ones)
+eval_t_max = 1e3                  # noise variance at which the normalization constant c is fixed (SPEC 5)
+ckpt_interval = 5000              # steps between checkpoints (also after the last step)
+device = "auto"                   # "auto" (cuda if available), "cpu", "cuda"
+seed = 0                          # seeds the initialization, data order, flips and noise
+grad_dump = ""                    # tests: file to save the first step's averaged gradients in; "" = off
+preset = ""                       # a named config of PRESETS applied before the other overrides
+# model: every UNetConfig field except channels (taken from the data); defaults = the paper's UNet
+MODEL_KEYS = [f for f in fields(UNetConfig) if f.name != "channels"]
+
+PRESETS = {
+    "cpu": dict(                  # ~10 min on 2 CPU cores: grayscale 32x32 patches of photographs
+        data_dir="data/patches", out_dir="out/patches", device="cpu",
+        base_width=16, num_scales=2, layers_per_block=2, emb_dim=64,
+        batch_size=32, max_steps=3000, lr=1e-3, lr_halve_every=1000,
+        log_interval=50, eval_interval=1000, eval_images=512, ckpt_interval=500),
+}
+# -----------------------------------------------------------------------------
+
+
+def parse_value(key, text, typ):
+    """The text of --key=value as typ (bool, int, float, str or `X | None`); ValueError names the key."""
+    options = typing.get_args(typ)
+    if type(None) in options:
+        if text.lower() == "none":
+            return None
+        typ = next(o for o in options if o is not type(None))
+    try:
+        if typ is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if typ is int:
+            v = float(text)
+            if not v.is_integer():
+                raise ValueError
+            return int(v)
+        return typ(text)
+    except ValueError:
+        raise ValueError(f"--{key}={text}: expected a value of type {typ.__name__}") from None
+
+
+def parse_config(argv, config, types):
+    """Apply --preset=NAME, then every other --key=value of argv, to config (in place)."""
+    pairs = []
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"argument {arg!r} is not of the form --key=value")
+        key, text = arg[2:].split("=", 1)
+        if key not in config:
+            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(config)}")
+        pairs.append((key, text))
+    for key, text in sorted(pairs, key=lambda kv: kv[0] != "preset"):
+        config[key] = parse_value(key, text, types[key])
+        if key == "preset":
+            if config[key] not in PRESETS:
+                raise ValueError(f"unknown preset {config[key]!r}; presets: {', '.join(PRESETS)}")
+            config.update(PRESETS[config[key]])
+
+
+config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+types = {k: type(v) for k, v in config.items()}
+for f in MODEL_KEYS:
+    config[f.name] = f.default
+    types[f.name] = type(f.default) if isinstance(f.type, str) else f.type
+try:
+    parse_config(sys.argv[1:], config, types)
+except ValueError as e:
+    sys.exit(f"train.py: {e}")
+globals().update(config)
+
+# ----------------------------------------------------------------------------- data and checks
+try:
+    if kind not in ("energy", "denoiser"):
+        raise ValueError(f"--kind must be 'energy' or 'denoiser', got {kind!r}")
+    train_data, quantized = load_split(data_dir, "train")               # (N, H, W, C) memmap
+    val_data, _ = load_split(data_dir, "val")
+    N, H, W, C = train_data.shape
+    if val_data.shape[1:] != (H, W, C) or val_data.dtype != train_data.dtype:
+        raise ValueError(f"val.npy {val_data.shape} {val_data.dtype} does not match train.npy "
+                         f"{train_data.shape} {train_data.dtype}; prepare the data again")
+    if H % 2 ** num_scales or W % 2 ** num_scales:
+        raise ValueError(f"image size {H}x{W} is not divisible by 2^num_scales = {2 ** num_scales}; "
+                         f"lower --num_scales or crop the data")
+    model_config = UNetConfig(channels=C, **{f.name: config[f.name] for f in MODEL_KEYS}).to_dict()
+    if min(max_steps, batch_size, grad_accum, log_interval, eval_interval, ckpt_interval, eval_images) < 1:
+        raise ValueError("max_steps, batch_size, grad_accum, log_interval, eval_interval, ckpt_interval "
+                         "and eval_images must be >= 1")
+except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"train.py: {e}")
+d = H * W * C                                                           # dimensions per image
+
+# ----------------------------------------------------------------------------- devices and DDP
+ddp = "RANK" in os.environ                                              # set by torchrun
+if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+if device.startswith("cuda") and not torch.cuda.is_available():
+    sys.exit(f"train.py: --device={device} but CUDA is not available; use --device=cpu")
+if ddp:
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if device == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+else:
+    rank, world_size = 0, 1
+master = rank == 0                                                      # only rank 0 prints and writes
+if batch_size % (world_size * grad_accum):
+    sys.exit(f"train.py: batch_size={batch_size} must be divisible by world_size * grad_accum = "
+             f"{world_size} * {grad_accum}")
+chunk_size = batch_size // (world_size * grad_accum)                   # images per micro-batch
+torch.backends.cuda.matmul.allow_tf32 = False                           # fp32 as in the paper
+torch.backends.cudnn.allow_tf32 = False
+
+# ----------------------------------------------------------------------------- model, optimizer, resume
+torch.manual_seed(seed)
+raw_model = build_model(kind, model_config).to(device)
+net = raw_model if kind == "energy" else raw_model.unet                # forward = U(y, t), or f(y, t)
+model = DDP(net) if ddp else net
+optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2))
+ema = [p.detach().clone() for p in raw_model.parameters()] if ema_halflife_images else None
+ckpt_path, prev_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "ckpt_prev.pt")
+step = 0
+resume_path = next((p for p in (ckpt_path, prev_path) if os.path.exists(p)), None)
+if resume_path:
+    try:
+        ckpt = torch.load(resume_path, map_location=device, weights_only=True)
+        ckpt_model_config, ckpt_kind = ckpt["model_config"], ckpt["kind"]
+    except Exception as e:
+        sys.exit(f"train.py: checkpoint {resume_path} is corrupt ({type(e).__name__}: {e}); move it away "
+                 f"(the one before it is {prev_path}: rename it to ckpt.pt to resume from it) or use another out_dir")
+    if ckpt_kind != kind or ckpt_model_config != model_config:
+        sys.exit(f"train.py: {resume_path} holds a {ckpt_kind!r} model {ckpt_model_config}, not the configured "
+                 f"{kind!r} model {model_config}; use another out_dir")
+    raw_model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema is not None:
+        ema = [ckpt["ema"][n].to(device) for n, _ in raw_model.named_parameters()] if "ema" in ckpt else ema
+    step = ckpt["step"]
+    del ckpt
+
+
+def save_checkpoint():
+    """Atomic: write a temporary file, keep the current ckpt.pt as ckpt_prev.pt, rename (STYLE habit 7)."""
+    ckpt = {"model": raw_model.state_dict(), "model_config": model_config, "kind": kind, "config": config,
+            "step": step, "images_seen": step * batch_size, "optimizer": optimizer.state_dict()}
+    if ema is not None:
+        ckpt["ema"] = {n: e for (n, _), e in zip(raw_model.named_parameters(), ema)}
+    torch.save(ckpt, ckpt_path + ".tmp")
+    if os.path.exists(ckpt_path):
+        os.replace(ckpt_path, prev_path)
+    os.replace(ckpt_path + ".tmp", ckpt_path)
+
+
+def log(record, line):
+    """rank 0: print a line and append a JSON record to out_dir/log.jsonl."""
+    if master:
+        print(line, flush=True)
+        with open(os.path.join(out_dir, "log.jsonl"), "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------- randomness and batches
+# Every random draw comes from a generator seeded by (seed, purpose, step, micro-batch), so a resumed
+# run repeats exactly what an uninterrupted one does, and the global batch is the same for any number
+# of ranks: micro-batch k of rank r is global chunk r * grad_accum + k.
+def generator(*key, on=None):
+    """A torch.Generator on device `on` (default: the training device) seeded by (seed, *key)."""
+    g = torch.Generator(device=on or device)
+    return g.manual_seed(int(np.random.SeedSequence([seed, *key]).generate_state(1)[0]))
+
+
+@lru_cache(maxsize=2)
+def epoch_order(epoch):
+    """A random permutation of the training set for this epoch, (N,)."""
+    return torch.randperm(N, generator=generator(2, epoch, on="cpu"))
+
+
+def train_batch(step, chunk, g):
+    """Micro-batch `chunk` of the step's global batch, randomly flipped: (chunk_size, C, H, W) on device."""
+    pos = torch.arange(step * batch_size + chunk * chunk_size, step * batch_size + (chunk + 1) * chunk_size)
+    idx = torch.stack([epoch_order(int(p) // N)[int(p) % N] for p in pos])
+    x = to_tensor(train_data[np.sort(idx.numpy())], device)                 # (B, C, H, W)
+    if flip:
+        flipped = torch.rand(x.shape[0], generator=g, device=device) < 0.5
+        x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
+    return x
+
+
+def loss_terms(fn, x, g, t=None):
+    """Per-sample loss terms (B,) of the configured objective."""
+    if kind == "energy":
+        return dual_score_matching(fn, x, t=t, time_weight=time_weight, generator=g)
+    return denoiser_score_matching(fn, x, t=t, generator=g)
+
+
+# ----------------------------------------------------------------------------- evaluation
+EVAL_PSNR = list(range(-30, 91, 15))                                    # input PSNR levels, dB; t = 10^(-PSNR/10)
+
+
+def evaluate():
+    """Loss terms at fixed noise levels and NLL (bits/dim) on the first eval_images validation images.
+
+    Validation batches of the micro-batch size go round-robin to the ranks, each with noise that is
+    the same at every evaluation; the sums are all-reduced over the ranks.
+    """
+    n_eval, B = min(eval_images, len(val_data)), chunk_size
+    # sums[0]: images; sums[1 + 2l], sums[2 + 2l]: space and time at level l; then U(x, 0) and U(y, t_max)
+    sums = torch.zeros(3 + 2 * len(EVAL_PSNR), dtype=torch.float64, device=device)
+    for j in range(rank, math.ceil(n_eval / B), world_size):
+        x = to_tensor(np.array(val_data[j * B:min((j + 1) * B, n_eval)]), device)  # (B, C, H, W)
+        g = generator(1, j)
+        sums[0] += x.shape[0]
+        for l, psnr in enumerate(EVAL_PSNR):
+            t = torch.full((x.shape[0],), 10.0 ** (-psnr / 10), device=device)
+            terms = loss_terms(net, x, g, t)
+            sums[1 + 2 * l] += terms["space"].detach().sum().double()
+            sums[2 + 2 * l] += terms["time"].detach().sum().double() if "time" in terms else 0.0
+        if kind == "energy":
+            sums[-2] += noisy_energies(raw_model, x, 0.0).sum().double()
+            sums[-1] += noisy_energies(raw_model, x, eval_t_max, g).sum().double()
+    if ddp:
+        dist.all_reduce(sums)
+    mean = (sums[1:] / sums[0]).tolist()
+    levels = [{"psnr_in": psnr, "space": mean[2 * l], "psnr_out": -10 * math.log10(max(mean[2 * l] * 10.0 ** (-psnr / 10), 1e-30)),
+               **({"time": mean[2 * l + 1]} if kind == "energy" else {})} for l, psnr in enumerate(EVAL_PSNR)]
+    out = {"n_images": int(sums[0]), "levels": levels}
+    if kind == "energy":
+        c = log_norm_const(mean[-1], d, eval_t_max)
+        out.update(log_norm_const=c, nll_bpd=nll_bits_per_dim(mean[-2], c, d, quantized))
+    return out
+
+
+# ----------------------------------------------------------------------------- identity
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as fh:
+        json.dump(config, fh, indent=1)
+gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+log({"run": config, "model_config": model_config, "torch": torch.__version__, "python": platform.python_version(),
+     "device": device, "gpu": gpu, "world_size": world_size, "parameters": count_parameters(raw_model), "step": step},
+    f"config {json.dumps(config)}\nmodel {model_config}: {count_parameters(raw_model):,} parameters\n"
+    f"data {data_dir}: train {train_data.shape} val {val_data.shape} {train_data.dtype}, d = {d}\n"
+    f"torch {torch.__version__}, python {platform.python_version()}, device {device} ({gpu}), "
+    f"world size {world_size}, {'resuming from ' + resume_path + ' at step ' + str(step) if resume_path else 'fresh start'}")
+
+# ----------------------------------------------------------------------------- training loop
+interval = torch.zeros(4, dtype=torch.float64, device=device)         # images, loss, space, time sums
+train_time, run_steps, failed = 0.0, 0, False
+while step < max_steps:
+    t0 = time.time()
+    lr_now = lr * 0.5 ** (step // lr_halve_every)                       # halved every lr_halve_every steps
+    for group in optimizer.param_groups:
+        group["lr"] = lr_now
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    for k in range(grad_accum):
+        chunk = rank * grad_accum + k
+        g = generator(0, step, chunk)
+        x = train_batch(step, chunk, g)                                 # (chunk_size, C, H, W)
+        with model.no_sync() if ddp and k < grad_accum - 1 else nullcontext():
+            terms = loss_terms(model, x, g)
+            # DDP averages the ranks' gradients: this is the gradient of the mean over the global batch
+            (terms["loss"].sum() * (world_size / batch_size)).backward()
+        zero = torch.zeros((), device=device)
+        sums += torch.stack([zero + x.shape[0], terms["loss"].detach().sum(), terms["space"].detach().sum(),
+                             terms["time"].detach().sum() if "time" in terms else zero]).double()
+    if ddp:
+        dist.all_reduce(sums)
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters()])
+    if grad_dump and run_steps == 0 and master:
+        torch.save({n: p.grad.detach().cpu() for n, p in raw_model.named_parameters()}, grad_dump)
+    if not (torch.isfinite(sums).all() and torch.isfinite(grad_norm)):
+        log({"step": step + 1, "error": "non-finite loss or gradient"},
+            f"step {step + 1}: mean loss {sums[1].item() / batch_size} or grad norm {grad_norm.item()} is not "
+            f"finite; stopping before the update and without a checkpoint (the last good one is {ckpt_path}); "
+            f"lower --lr, or resume from it with another --seed")
+        failed = True
+        break
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        torch._foreach_lerp_(ema, [p.detach() for p in raw_model.parameters()],
+                             1.0 - 0.5 ** (batch_size / ema_halflife_images))
+    step += 1
+    run_steps += 1
+    interval += sums
+    train_time += time.time() - t0
+    if step % log_interval == 0 or step == max_steps:
+        n, loss, space, time_term = interval.tolist()
+        images_per_s = n / train_time
+        eta_h = (max_steps - step) * batch_size / images_per_s / 3600
+        log({"step": step, "images": step * batch_size, "loss": loss / n, "space": space / n, "time": time_term / n,
+             "lr": lr_now, "grad_norm": grad_norm.item(), "images_per_s": images_per_s},
+            f"step {step}/{max_steps} | {step * batch_size / 1e3:.1f}k img | loss {loss / n:.4f} space {space / n:.4f} "
+            f"time {time_term / n:.4f} | lr {lr_now:.2e} | gnorm {grad_norm.item():.3g} | {images_per_s:.1f} img/s "
+            f"| eta {eta_h:.2f} h")
+        interval.zero_()
+        train_time = 0.0
+    if step % eval_interval == 0 or step == max_steps:
+        result = evaluate()
+        nll = f"nll {result['nll_bpd']:.4f} bits/dim (c = {result['log_norm_const']:.1f} nats) | " if kind == "energy" else ""
+        log({"step": step, "images": step * batch_size, "eval": result},
+            f"eval step {step} | {nll}space at PSNR {EVAL_PSNR[0]}..{EVAL_PSNR[-1]} dB: "
+            + " ".join(f"{lv['space']:.3f}" for lv in result["levels"])
+            + " | output PSNR: " + " ".join(f"{lv['psnr_out']:.2f}" for lv in result["levels"]))
+    if master and (step % ckpt_interval == 0 or step == max_steps):
+        save_checkpoint()
+if master and run_steps == 0 and not failed:
+    print(f"nothing to do: {ckpt_path} is already at step {step} = max_steps")
+if ddp:
+    dist.destroy_process_group()
+if failed:
+    sys.exit(1)
