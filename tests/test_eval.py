@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import eval as ev
+import figures
 import sample
 from model import Denoiser, EnergyUNet, UNetConfig
 
@@ -131,9 +132,9 @@ def test_parse_overrides():
 TINY = dict(channels=1, base_width=4, num_scales=1, layers_per_block=2, emb_dim=8, num_freqs=4)
 
 
-def save_ckpt(path, kind, **overrides):
+def save_ckpt(path, kind, seed=0, **overrides):
     cfg = UNetConfig(**{**TINY, **overrides})
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = (EnergyUNet if kind == "energy" else Denoiser)(cfg)
     torch.save(dict(model=model.state_dict(), model_config=cfg.to_dict(), kind=kind, config={}, step=7), path)
     return str(path)
@@ -151,7 +152,7 @@ def tiny(tmp_path_factory):
     rgb.mkdir()
     np.save(rgb / "val.npy", rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
     return dict(root=root, data=str(data), rgb=str(rgb), energy=save_ckpt(root / "e.pt", "energy"),
-                energy2=save_ckpt(root / "e2.pt", "energy"), denoiser=save_ckpt(root / "den.pt", "denoiser"))
+                energy2=save_ckpt(root / "e2.pt", "energy", seed=1), denoiser=save_ckpt(root / "den.pt", "denoiser"))
 
 
 def test_eval_command(tiny, capsys):
@@ -240,3 +241,72 @@ def test_sample_torchrun_matches_one_process(tiny):
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     a, b = np.load(one / "samples.npy"), np.load(two / "samples.npy")
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+# ----------------------------------------------------------------------------- figures.py
+def test_gumbel_fit_recovers_parameters():
+    n, mu, beta = 20000, 9.57, 3.17
+    x = np.random.default_rng(0).gumbel(mu, beta, n)
+    m, b = figures.gumbel_fit(x)
+    assert abs(m - mu) < 4 * beta * math.sqrt(1.109 / n)              # asymptotic MLE standard errors
+    assert abs(b - beta) < 4 * beta * math.sqrt(0.608 / n)
+    # the likelihood is maximal there: any nearby (mu, beta) is less likely
+    ll = lambda m_, b_: np.log(figures.gumbel_pdf(x, m_, b_)).sum()
+    for dm, db in ((0.01, 0), (-0.01, 0), (0, 0.01), (0, -0.01)):
+        assert ll(m + dm, b + db) < ll(m, b)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    np.testing.assert_allclose((m, b), scipy_stats.gumbel_r.fit(x), rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape,levels", [((1, 8, 8), 6), ((3, 4, 8), 6), ((2, 16, 16), 2)])
+def test_haar_is_orthonormal(shape, levels):
+    d = math.prod(shape)
+    low, details = figures.haar(torch.eye(d, dtype=torch.float64).view(d, *shape), levels)
+    M = torch.cat([low.flatten(1)] + [dt.flatten(1) for dt in details], dim=1)      # (d, d): row i = T e_i
+    torch.testing.assert_close(M @ M.T, torch.eye(d, dtype=torch.float64))
+    assert len(details) == min(levels, int(math.log2(min(shape[1:]))))
+    assert low.shape[-2:] == tuple(s // 2 ** len(details) for s in shape[1:])
+    # participation ratio: 1/n for a single coefficient, ~2/pi for Gaussian noise
+    n = d - low[0].numel()
+    x = torch.cat([M[:1] * 0 + details_basis(shape, levels), torch.randn(4000, d, dtype=torch.float64) @ M]).view(-1, *shape)
+    pr = figures.participation_ratio(x, levels)
+    assert abs(pr[0].item() - 1 / n) < 1e-9 and abs(pr[1:].mean().item() - 2 / math.pi) < 0.05
+
+
+def details_basis(shape, levels):
+    """An image whose only non-zero Haar coefficient is the last detail coefficient."""
+    d = math.prod(shape)
+    low, details = figures.haar(torch.eye(d, dtype=torch.float64).view(d, *shape), levels)
+    M = torch.cat([low.flatten(1)] + [dt.flatten(1) for dt in details], dim=1)
+    return M[:, -1][None]                                               # M orthogonal: x = M^T e_last
+
+
+def test_figure_commands(tiny):
+    common = [f"--data_dir={tiny['data']}", "--max_images=8", "--const_images=4", "--device=cpu"]
+    out = tiny["root"] / "figs"
+    r3 = figures.main(["fig3", f"--ckpt={tiny['energy']}", "--n_shown=4", f"--out={out}", *common])
+    r4 = figures.main(["fig4", f"--ckpt={tiny['energy']}", "--n_curves=2", "--n_grid=3", f"--out={out}", *common])
+    r5 = figures.main(["fig5", f"--ckpt={tiny['energy']}", "--n_chosen=2", "--n_t=3", f"--out={out}", *common])
+    r2 = figures.main(["fig2", f"--ckpt_a={tiny['energy']}", f"--ckpt_b={tiny['energy2']}", "--n_train=6",
+                       f"--out={out}", *common])
+    for name in ("fig2", "fig3", "fig4", "fig5"):
+        for ext in ("png", "pdf", "json"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0
+    assert len(r3["logp_db"]) == 8 and len(r3["shown_indices"]) == 4 and 0 <= r3["best_constant_level"] <= 1
+    assert r4["haar_levels"] == 3 and len(r4["participation_ratio"]) == 8
+    assert np.isnan(np.array(r4["heatmap_db"], dtype=float)[2, 1])     # a + b > 1 is left out
+    assert len(r5["mean_deff_over_d"]) == 3 and r5["t"][0] == 1e-12 and r5["t"][-1] == 1e3
+    assert len(r2["logp_a"]) == 12 and r2["rms_diff_db"] > 0
+    # the same model on both sides: identical log p up to the two constants
+    same = figures.main(["fig2", f"--ckpt_a={tiny['energy']}", f"--ckpt_b={tiny['energy']}", "--n_train=6",
+                         f"--out={out}", *common])
+    assert same["rms_diff_db"] < 1e-9
+    folders = figures.main(["subsets", f"--data_dir={tiny['data']}", "--n_train=10",
+                            f"--out_prefix={tiny['root'] / 'sub'}"])
+    first, last = (np.load(os.path.join(f, "train.npy")) for f in folders)
+    full = np.load(os.path.join(tiny["data"], "train.npy"))
+    assert (first == full[:10]).all() and (last == full[-10:]).all()
+    with pytest.raises(ValueError, match="2 N <= 24"):
+        figures.main(["subsets", f"--data_dir={tiny['data']}", "--n_train=13"])
+    with pytest.raises(SystemExit, match="usage"):
+        figures.main(["fig9"])
