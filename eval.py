@@ -72,10 +72,11 @@ def mean_and_stderr(v):
 
 def energies(energy_fn, images, t=0.0, n_draws=1, batch_size=256, device="cpu", generator=None):
     """(N,) float64: U(x + sqrt(t) z, t) per image, averaged over n_draws noise draws (t=0: U(x, 0))."""
+    n_draws = n_draws if t > 0 else 1
     out = []
     for x in batches(images, batch_size, device):
-        U = sum(noisy_energies(energy_fn, x, t, generator) for _ in range(n_draws if t > 0 else 1))
-        out.append((U / (n_draws if t > 0 else 1)).double().cpu())
+        U = sum(noisy_energies(energy_fn, x, t, generator).double() for _ in range(n_draws)) / n_draws
+        out.append(U.cpu())
     return torch.cat(out).numpy()
 
 
@@ -205,8 +206,20 @@ def pick_device(device):
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+def trained_image_shape(ckpt):
+    """(H, W, C) of the training images: the checkpoint's config.image_shape if it has one, else
+    the shape of its config.data_dir's val.npy if that is readable here, else None."""
+    cfg = ckpt.get("config") or {}
+    if cfg.get("image_shape") is not None:
+        return tuple(cfg["image_shape"])
+    try:
+        return tuple(load_split(cfg.get("data_dir", ""), "val")[0].shape[1:])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def check_images(images, split_path, ckpt, ckpt_path):
-    """A clear error when the dataset's images cannot be fed to the checkpoint's model."""
+    """A clear error, naming both sides, when the dataset's images do not fit the checkpoint's model."""
     mc = ckpt["model_config"]
     H, W, C = images.shape[1:]
     if C != mc["channels"]:
@@ -216,10 +229,10 @@ def check_images(images, split_path, ckpt, ckpt_path):
     if H % f or W % f:
         raise ValueError(f"dataset {split_path} has {H}x{W} images but checkpoint {ckpt_path} has num_scales="
                          f"{mc['num_scales']} and needs sizes divisible by {f}; use a matching --data_dir or --ckpt")
-    trained = ckpt.get("config", {}).get("image_shape")
-    if trained is not None and tuple(trained) != (H, W, C):
+    trained = trained_image_shape(ckpt)
+    if trained is not None and trained != (H, W, C):
         raise ValueError(f"dataset {split_path} has images {H}x{W}x{C} but checkpoint {ckpt_path} was trained on "
-                         f"{'x'.join(map(str, trained))}; use a matching --data_dir or --ckpt")
+                         f"{'x'.join(map(str, trained))} images; use a matching --data_dir or --ckpt")
 
 
 def load_images(data_dir, split, max_images, ckpt, ckpt_path):
@@ -274,7 +287,7 @@ def main(argv):
         results["psnr"] = dict(psnr_in=list(PSNR_IN), energy=psnr_e, energy_stderr=psnr_e_se, n_images=n_psnr)
         if config["denoiser_ckpt"]:
             denoiser, dckpt = load_model(config["denoiser_ckpt"], device, kind="denoiser")
-            check_images(images, config["split"], dckpt, config["denoiser_ckpt"])
+            check_images(images, os.path.join(config["data_dir"], f"{config['split']}.npy"), dckpt, config["denoiser_ckpt"])
             with torch.no_grad():
                 psnr_d, psnr_d_se = denoising_psnr(denoiser, images[:n_psnr], batch_size=bs, device=device, generator=gen)
             results["psnr"].update(denoiser=psnr_d, denoiser_stderr=psnr_d_se)

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from dataset import load_split
-from eval import DB_PER_NAT, check_images, estimate_log_norm_const, parse_overrides, pick_device
+from eval import DB_PER_NAT, check_images, estimate_log_norm_const, parse_overrides, pick_device, trained_image_shape
 from model import energy_and_scores, load_model
 
 
@@ -189,13 +189,12 @@ def main(argv):
 
 
 def image_size_of(ckpt, path):
-    """The training images' size, from the dataset named in the checkpoint's config."""
-    data_dir = ckpt.get("config", {}).get("data_dir", "")
-    try:
-        return load_split(data_dir, "val")[0].shape[1]
-    except (FileNotFoundError, ValueError):
-        raise SystemExit(f"the image size is not in checkpoint {path} and its dataset {data_dir!r} is not readable "
-                         f"here; pass --image_size=H") from None
+    """The training images' size H (= W), from the checkpoint (eval.trained_image_shape)."""
+    shape = trained_image_shape(ckpt)
+    if shape is None:
+        raise SystemExit(f"the image size is neither in checkpoint {path} nor readable from its dataset "
+                         f"{(ckpt.get('config') or {}).get('data_dir', '')!r}; pass --image_size=H")
+    return shape[0]
 
 
 if __name__ == "__main__":

@@ -132,11 +132,11 @@ def test_parse_overrides():
 TINY = dict(channels=1, base_width=4, num_scales=1, layers_per_block=2, emb_dim=8, num_freqs=4)
 
 
-def save_ckpt(path, kind, seed=0, **overrides):
+def save_ckpt(path, kind, seed=0, config=None, **overrides):
     cfg = UNetConfig(**{**TINY, **overrides})
     torch.manual_seed(seed)
     model = (EnergyUNet if kind == "energy" else Denoiser)(cfg)
-    torch.save(dict(model=model.state_dict(), model_config=cfg.to_dict(), kind=kind, config={}, step=7), path)
+    torch.save(dict(model=model.state_dict(), model_config=cfg.to_dict(), kind=kind, config=config or {}, step=7), path)
     return str(path)
 
 
@@ -148,10 +148,12 @@ def tiny(tmp_path_factory):
     data.mkdir()
     for split, n in (("train", 24), ("val", 16)):
         np.save(data / f"{split}.npy", rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8))
-    rgb = root / "rgb"
-    rgb.mkdir()
-    np.save(rgb / "val.npy", rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
-    return dict(root=root, data=str(data), rgb=str(rgb), energy=save_ckpt(root / "e.pt", "energy"),
+    rgb, big = root / "rgb", root / "big"
+    for folder, shape in ((rgb, (4, 8, 8, 3)), (big, (4, 16, 16, 1))):
+        folder.mkdir()
+        np.save(folder / "val.npy", rng.integers(0, 256, shape, dtype=np.uint8))
+    return dict(root=root, data=str(data), rgb=str(rgb), big=str(big), energy=save_ckpt(root / "e.pt", "energy"),
+                trained=save_ckpt(root / "t.pt", "energy", config=dict(data_dir=str(data))),
                 energy2=save_ckpt(root / "e2.pt", "energy", seed=1), denoiser=save_ckpt(root / "den.pt", "denoiser"))
 
 
@@ -179,6 +181,8 @@ def test_eval_bad_input(tiny):
         ev.main([f"--ckpt={tiny['denoiser']}", f"--data_dir={tiny['data']}"])
     with pytest.raises(ValueError, match=r"3-channel images.*built for 1 channels"):
         ev.main([f"--ckpt={tiny['energy']}", f"--data_dir={tiny['rgb']}"])
+    with pytest.raises(ValueError, match=r"big/val.npy has images 16x16x1 but checkpoint .*t.pt was trained on 8x8x1"):
+        ev.main([f"--ckpt={tiny['trained']}", f"--data_dir={tiny['big']}"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ev.main([f"--ckpt={tiny['root'] / 'nope.pt'}", f"--data_dir={tiny['data']}"])
     with pytest.raises(FileNotFoundError, match="val.npy not found"):
@@ -227,6 +231,7 @@ def test_sample_command(tiny, capsys):
         sample.main([f"--ckpt={tiny['denoiser']}"])
     with pytest.raises(SystemExit, match="pass --image_size"):
         sample.main([f"--ckpt={tiny['energy']}", f"--out={out}"])
+    assert sample.main([f"--ckpt={tiny['trained']}", "--n=1", "--n_steps=1", f"--out={out}"])["n"] == 1   # 8x8 from its data
 
 
 def test_sample_torchrun_matches_one_process(tiny):
