@@ -15,7 +15,7 @@ Backward, given dy = dL/dout:
     da = dy silu'(a);   gh = da w gain  (= dL/dxhat)
     A_g = sum gh xc,    B_g = sum gh,   P_nc = sum_hw da xhat
     dv_g = A_g s_v,g + mean_g' (A_g' s_b,g')          (s_v = ds/dv_g, s_b = ds/dvbar; s_b = 0 plain)
-    dx = s gh + (2 dv / K) xc - s B / K               (the last term removes the group mean)
+    dx = s (gh - B / K) + (2 dv / K) xc               (- B / K removes the group mean)
     dgain_nc = w_c P_nc,   dw_c = sum_n gain_nc P_nc
 
 Double backward. The first-order grads are the gradient of F = <dy, out(x, w, gain)>, so for
@@ -32,8 +32,8 @@ dL2/d dy = out_dot, and dL2/d(x, w, gain) is reverse mode through the tangent co
               gs = R1 + R2                                            (dL2/ds, direct)
               gv = gs s_v + A (s_vv v_dot + s_vb vbar_dot)            (dL2/dv_g, direct)
               gb = sum_g [gs s_b + A (s_vb v_dot + s_bb vbar_dot)]   (dL2/dvbar)
-              gx = s Gx + s_dot gh + (2 dv / K) xc_dot + (2 (gv + gb / G) / K) xc
-                   - (s R3 + s_dot B) / K
+              gx = s (Gx - R3 / K) + s_dot (gh - B / K) + (2 dv / K) xc_dot
+                   + (2 (gv + gb / G) / K) xc
               ggain_nc = w_c Q_nc + uw_c P_nc,   gw_c = sum_n (gain_nc Q_nc + ugain_nc P_nc)
 The (2 dv / K) xc_dot term is the path through v_dot, whose adjoint is dv of the first backward.
 Second derivatives of s = sqrt(r), r = vbar q + eps, q = 1 / (v + eps): s_x = r_x / (2 s),
@@ -66,11 +66,11 @@ def scale(v, eps, preserve_scale, derivatives=True):
     return s, s_v, s_b, s_vv, s_vb, s_bb
 
 
-def backward_coefs(ds, A, B, K):
-    """dv (N, G), and c, d such that dx = s gh + c xc + d."""
-    s, s_v, s_b = ds[:3]
+def backward_coefs(ds, A, K):
+    """dv (N, G), and c such that dx = s (gh - B / K) + c xc."""
+    s_v, s_b = ds[1:3]
     dv = A * s_v + (A * s_b).mean(dim=1, keepdim=True)
-    return dv, 2 * dv / K, -s * B / K
+    return dv, 2 * dv / K
 
 
 def tangent_coefs(ds, U1, U2, K):
@@ -81,14 +81,14 @@ def tangent_coefs(ds, U1, U2, K):
     return U1 / K, v_dot, b_dot, s_v * v_dot + s_b * b_dot
 
 
-def double_backward_coefs(ds, A, B, dv, v_dot, b_dot, s_dot, R1, R2, R3, K):
-    """c1, c2, d such that gx = s Gx + s_dot gh + c1 xc_dot + c2 xc + d."""
+def double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K):
+    """c1, c2 such that gx = s (Gx - R3 / K) + s_dot (gh - B / K) + c1 xc_dot + c2 xc."""
     s, s_v, s_b, s_vv, s_vb, s_bb = ds
     gs = R1 + R2
     gv = gs * s_v + A * (s_vv * v_dot + s_vb * b_dot)
     gb = (gs * s_b + A * (s_vb * v_dot + s_bb * b_dot)).sum(dim=1, keepdim=True)
     G = s.shape[1]
-    return 2 * dv / K, 2 * (gv + gb / G) / K, -(s * R3 + s_dot * B) / K
+    return 2 * dv / K, 2 * (gv + gb / G) / K
 
 
 def silu_derivatives(a):
@@ -128,8 +128,8 @@ def backward(dy, x, weight, gain, groups, eps=1e-5, preserve_scale=True):
     gh = da * w * gn
     A, B = (gh * xc).sum(dim=(2, 3)), gh.sum(dim=(2, 3))
     P = (da * xhat).sum(dim=3).reshape(gain.shape)                     # (N, C)
-    _, c, d = backward_coefs(ds, A, B, K)
-    dx = s * gh + c[..., None, None] * xc + d[..., None, None]
+    c = backward_coefs(ds, A, K)[1]
+    dx = s * (gh - B[..., None, None] / K) + c[..., None, None] * xc
     return dx.reshape(x.shape), (P * gain).sum(dim=0), P * weight
 
 
@@ -148,7 +148,7 @@ def double_backward(dy, x, weight, gain, ux, uw, ugain, groups, eps=1e-5, preser
     da = dyg * silu1
     gh = da * w * gn
     A, B = (gh * xc).sum(dim=(2, 3)), gh.sum(dim=(2, 3))
-    dv = backward_coefs(ds, A, B, K)[0]
+    dv = backward_coefs(ds, A, K)[0]
     umean, v_dot, b_dot, s_dot = tangent_coefs(ds, uxg.sum(dim=(2, 3)), (xc * uxg).sum(dim=(2, 3)), K)
     xc_dot = uxg - umean[..., None, None]
     xhat_dot = xc_dot * s + xc * s_dot[..., None, None]
@@ -160,9 +160,9 @@ def double_backward(dy, x, weight, gain, ux, uw, ugain, groups, eps=1e-5, preser
     R1, R2, R3 = (Gx * xc).sum(dim=(2, 3)), (gh * xc_dot).sum(dim=(2, 3)), Gx.sum(dim=(2, 3))
     Q = (g_a * xhat + da * xhat_dot).sum(dim=3).reshape(gain.shape)    # (N, C)
     P = (da * xhat).sum(dim=3).reshape(gain.shape)
-    c1, c2, d = double_backward_coefs(ds, A, B, dv, v_dot, b_dot, s_dot, R1, R2, R3, K)
-    gx = (s * Gx + s_dot[..., None, None] * gh + c1[..., None, None] * xc_dot
-          + c2[..., None, None] * xc + d[..., None, None])
+    c1, c2 = double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K)
+    gx = (s * (Gx - R3[..., None, None] / K) + s_dot[..., None, None] * (gh - B[..., None, None] / K)
+          + c1[..., None, None] * xc_dot + c2[..., None, None] * xc)
     gw = (gain * Q + ugain * P).sum(dim=0)
     ggain = weight * Q + uw * P
     return g_dy.reshape(x.shape), gx.reshape(x.shape), gw, ggain

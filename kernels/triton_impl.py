@@ -113,16 +113,16 @@ def _backward_reduce_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, s_ptr, A_ptr,
 
 
 @triton.jit
-def _backward_apply_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, s_ptr, c_ptr, d_ptr, dx_ptr,
+def _backward_apply_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, s_ptr, c_ptr, B_ptr, dx_ptr,
                            C, HW, Cg, BLOCK: tl.constexpr):
-    """dx = s gh + c xc + d."""
+    """dx = s (gh - B / K) + c xc."""
     pid = tl.program_id(0)
     G = C // Cg
     n = pid // G
     m = tl.load(m_ptr + pid)
     s = tl.load(s_ptr + pid)
     cc = tl.load(c_ptr + pid)
-    d = tl.load(d_ptr + pid)
+    mean_gh = tl.load(B_ptr + pid) / (Cg * HW)
     offs = tl.arange(0, BLOCK)
     for c in range(Cg):
         row = pid * Cg + c
@@ -135,7 +135,7 @@ def _backward_apply_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, s_ptr, c_ptr, 
             dy = tl.load(dy_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
             xc = x - m
             silu1, _ = _silu_grads(xc * s * wg)
-            dx = s * dy * silu1 * wg + cc * xc + d
+            dx = s * (wg * (dy * silu1) - mean_gh) + cc * xc
             tl.store(dx_ptr + base + start + offs, dx, mask=mask)
 
 
@@ -230,9 +230,9 @@ def _double_reduce_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_
 
 @triton.jit
 def _double_apply_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_ptr, m_ptr, s_ptr,
-                         umean_ptr, sdot_ptr, c1_ptr, c2_ptr, d_ptr, gx_ptr,
+                         umean_ptr, sdot_ptr, c1_ptr, c2_ptr, B_ptr, R3_ptr, gx_ptr,
                          C, HW, Cg, HAS_UX: tl.constexpr, BLOCK: tl.constexpr):
-    """gx = s Gx + s_dot gh + c1 xc_dot + c2 xc + d."""
+    """gx = s (Gx - R3 / K) + s_dot (gh - B / K) + c1 xc_dot + c2 xc."""
     pid = tl.program_id(0)
     G = C // Cg
     n = pid // G
@@ -242,7 +242,8 @@ def _double_apply_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_p
     s_dot = tl.load(sdot_ptr + pid)
     c1 = tl.load(c1_ptr + pid)
     c2 = tl.load(c2_ptr + pid)
-    d = tl.load(d_ptr + pid)
+    mean_gh = tl.load(B_ptr + pid) / (Cg * HW)
+    mean_Gx = tl.load(R3_ptr + pid) / (Cg * HW)
     offs = tl.arange(0, BLOCK)
     for c in range(Cg):
         row = pid * Cg + c
@@ -261,7 +262,7 @@ def _double_apply_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_p
             else:
                 ux = tl.zeros([BLOCK], dtype=tl.float32)
             xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_terms(dy, x, ux, m, s, umean, s_dot, wg, ug)
-            gx = s * Gx + s_dot * da * wg + c1 * xc_dot + c2 * xc + d
+            gx = s * (Gx - mean_Gx) + s_dot * (wg * da - mean_gh) + c1 * xc_dot + c2 * xc
             tl.store(gx_ptr + base + start + offs, gx, mask=mask)
 
 
@@ -307,9 +308,9 @@ class GNSiLUBackward(torch.autograd.Function):
         A, B = torch.empty_like(m), torch.empty_like(m)
         P = torch.empty(N, C, device=x.device, dtype=torch.float32)
         _backward_reduce_kernel[(grid,)](dy, x, weight, gain, m, ds[0], A, B, P, C, HW, Cg, BLOCK=BLOCK)
-        dv, c, d = backward_coefs(ds, A, B, Cg * HW)
+        dv, c = backward_coefs(ds, A, Cg * HW)
         dx = torch.empty_like(x)
-        _backward_apply_kernel[(grid,)](dy, x, weight, gain, m, ds[0], c, d, dx, C, HW, Cg, BLOCK=BLOCK)
+        _backward_apply_kernel[(grid,)](dy, x, weight, gain, m, ds[0], c, B, dx, C, HW, Cg, BLOCK=BLOCK)
         ctx.save_for_backward(dy, x, weight, gain, m, v, A, B, dv)
         ctx.args = (groups, eps, preserve_scale)
         ctx.set_materialize_grads(False)
@@ -342,10 +343,10 @@ class GNSiLUBackward(torch.autograd.Function):
         P = torch.empty_like(Q)
         _double_reduce_kernel[(grid,)](dy, x, ux_arg, weight, gain, uw, ugain, m, ds[0], umean, s_dot,
                                        g_dy, R1, R2, R3, Q, P, C, HW, Cg, HAS_UX=has_ux, BLOCK=BLOCK)
-        c1, c2, d = double_backward_coefs(ds, A, B, dv, v_dot, b_dot, s_dot, R1, R2, R3, K)
+        c1, c2 = double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K)
         gx = torch.empty_like(x)
         _double_apply_kernel[(grid,)](dy, x, ux_arg, weight, gain, uw, ugain, m, ds[0], umean, s_dot,
-                                      c1, c2, d, gx, C, HW, Cg, HAS_UX=has_ux, BLOCK=BLOCK)
+                                      c1, c2, B, R3, gx, C, HW, Cg, HAS_UX=has_ux, BLOCK=BLOCK)
         gw = (gain * Q + ugain * P).sum(dim=0).to(weight.dtype)
         ggain = (weight * Q + uw * P).to(gain.dtype)
         return g_dy, gx, gw, ggain, None, None, None, None, None

@@ -1,0 +1,197 @@
+"""kernels/: the hand-derived formulas vs autograd (float64), then the Triton kernels vs the
+reference, to second order.
+
+The Triton tests (test_triton_*) run in this process on a GPU, or when TRITON_INTERPRET=1 was set
+before the process started (triton picks interpreter or compiler when kernels/triton_impl.py is
+imported). On a CPU-only machine test_triton_kernels_in_interpreter reruns them in a subprocess with
+TRITON_INTERPRET=1, so the other test modules of this process keep their default (torch) path.
+
+fp32 tolerances, Triton vs the reference evaluated in float64 on the same inputs (all inputs O(1)):
+for every output max |error| <= tol * (max |reference| + 0.1) + 10 * (error of the eager fp32
+reference), tol = 1e-4 for the forward and first-order gradients, 1e-3 for second-order ones. The
+last two terms cover results that cancel to ~0 (dx of a group of one or two values). Measured worst
+over 30 random cases: 1e-6 (first order) and 2e-5 (second order) of max |reference|.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import derivation, group_norm_silu
+from kernels.reference import group_norm_silu_reference
+from losses import dual_score_matching
+from model import EnergyUNet, UNetConfig
+
+CUDA = torch.cuda.is_available()
+IN_PROCESS = CUDA or os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if CUDA else "cpu"
+needs_triton = pytest.mark.skipif(not IN_PROCESS, reason="runs in test_triton_kernels_in_interpreter's subprocess")
+
+shapes = st.tuples(
+    st.integers(1, 3),                                                 # N
+    st.integers(1, 3),                                                 # G
+    st.integers(1, 3),                                                 # channels per group
+    st.integers(1, 7),                                                 # H (odd included)
+    st.integers(1, 7),                                                 # W
+    st.booleans(),                                                     # preserve_scale
+    st.integers(0, 2 ** 16),                                           # seed
+)
+
+
+def make_inputs(N, C, H, W, seed, dtype=torch.float32, device="cpu"):
+    """x, weight, gain, dy and the directions (ux, uw, ugain) of the second-order check."""
+    gen = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(N, C, H, W, generator=gen) + 1
+    weight = torch.randn(C, generator=gen)
+    gain = 1 + 0.5 * torch.randn(N, C, generator=gen)
+    dy = torch.randn(N, C, H, W, generator=gen)
+    u = (torch.randn(N, C, H, W, generator=gen), torch.randn(C, generator=gen), torch.randn(N, C, generator=gen))
+    return [t.to(device, dtype) for t in (x, weight, gain, dy)], [t.to(device, dtype) for t in u]
+
+
+def autograd_all(op, x, weight, gain, dy, u):
+    """[out, dx, dw, dgain, and the grads of <(dx, dw, dgain), u> w.r.t. dy, x, weight, gain]."""
+    x, weight, gain, dy = [t.detach().clone().requires_grad_(True) for t in (x, weight, gain, dy)]
+    out = op(x, weight, gain)
+    first = torch.autograd.grad(out, (x, weight, gain), dy, create_graph=True)
+    L2 = sum((f * ui).sum() for f, ui in zip(first, u))
+    return [out, *first, *torch.autograd.grad(L2, (dy, x, weight, gain))]
+
+
+NAMES = ["out", "dx", "dw", "dgain", "d2/d dy", "d2/dx", "d2/dw", "d2/dgain"]
+
+
+def assert_matches(got, ref, first_tol, second_tol, eager=None):
+    """max |got - ref| <= tol * (max |ref| + 0.1) + 10 * max |eager - ref| (eager: fp32 reference)."""
+    eager = eager or ref
+    for name, a, b, e in zip(NAMES, got, ref, eager):
+        tol = second_tol if name.startswith("d2") else first_tol
+        err = (a.double() - b.double()).abs().max().item()
+        bound = tol * (b.double().abs().max().item() + 0.1) + 10 * (e.double() - b.double()).abs().max().item()
+        assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
+
+
+# ---- the PyTorch derivation (always runs, float64) -------------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(shapes)
+def test_derivation_matches_autograd(shape):
+    N, G, Cg, H, W, preserve_scale, seed = shape
+    (x, weight, gain, dy), u = make_inputs(N, G * Cg, H, W, seed, torch.float64)
+    ref = autograd_all(lambda *a: group_norm_silu_reference(*a, G, preserve_scale=preserve_scale), x, weight, gain, dy, u)
+    out = derivation.forward(x, weight, gain, G, preserve_scale=preserve_scale)[0]
+    first = derivation.backward(dy, x, weight, gain, G, preserve_scale=preserve_scale)
+    second = derivation.double_backward(dy, x, weight, gain, *u, G, preserve_scale=preserve_scale)
+    assert_matches([out, *first, *second], ref, 1e-10, 1e-10)
+
+
+def test_dispatch_errors():
+    x, w, g = torch.randn(2, 4, 3, 3), torch.ones(4), torch.ones(2, 4)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        group_norm_silu(x, w, g, 2, impl="cuda")
+    for impl in ("torch", "triton"):
+        with pytest.raises(ValueError, match="must divide the 4 channels"):
+            group_norm_silu(x, w, g, 3, impl=impl)
+        with pytest.raises(ValueError, match=r"gain must be \(N, C\)"):
+            group_norm_silu(x, w, g[0], 2, impl=impl)
+    assert torch.equal(group_norm_silu(x, w, g, 2, impl="torch"), group_norm_silu_reference(x, w, g, 2))
+
+
+# ---- the Triton kernels ------------------------------------------------------------------------
+
+@pytest.mark.skipif(IN_PROCESS, reason="Triton tests run in this process")
+def test_triton_kernels_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "test_triton_", __file__]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
+
+
+@needs_triton
+@settings(max_examples=16, deadline=None)
+@given(shapes)
+@example((1, 1, 1, 1, 1, False, 0))                                  # one value per group: v = 0
+@example((2, 3, 1, 1, 1, True, 0))
+@example((2, 2, 1, 1, 2, False, 0))                                  # two values: dx cancels to ~0
+def test_triton_forward_first_and_second_order(shape):
+    N, G, Cg, H, W, preserve_scale, seed = shape
+    (x, weight, gain, dy), u = make_inputs(N, G * Cg, H, W, seed, device=DEVICE)
+    got = autograd_all(lambda *a: group_norm_silu(*a, G, preserve_scale=preserve_scale, impl="triton"), x, weight, gain, dy, u)
+    reference = lambda *a: group_norm_silu_reference(*a, G, preserve_scale=preserve_scale)
+    eager = autograd_all(reference, x, weight, gain, dy, u)
+    ref = autograd_all(reference, *[t.double() for t in (x, weight, gain, dy)], [t.double() for t in u])
+    assert_matches(got, ref, 1e-4, 1e-3, eager)
+
+
+@needs_triton
+def test_triton_partial_second_order_and_third_order_error():
+    """Only some first-order grads feed the loss (the others arrive as None); a third derivative
+    raises instead of being silently wrong."""
+    (x, weight, gain, dy), u = make_inputs(2, 6, 5, 3, seed=1, device=DEVICE)
+    for used in ([0], [1, 2], [2]):
+        grads = []
+        for op in (lambda *a: group_norm_silu(*a, 3, impl="triton"), lambda *a: group_norm_silu_reference(*a, 3)):
+            xs = [t.clone().requires_grad_(True) for t in (x, weight, gain)]
+            first = torch.autograd.grad(op(*xs), xs, dy, create_graph=True)
+            L2 = sum((first[i] * u[i]).sum() for i in used)
+            grads.append(torch.autograd.grad(L2, xs))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    xs = [t.clone().requires_grad_(True) for t in (x, weight, gain)]
+    dx = torch.autograd.grad(group_norm_silu(*xs, 3, impl="triton"), xs[0], dy, create_graph=True)[0]
+    gx = torch.autograd.grad((dx * u[0]).sum(), xs[0], create_graph=True)[0]
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.sum(), xs[0])
+
+
+@needs_triton
+def test_triton_energy_unet_dual_loss_grads():
+    """Parameter gradients of the dual score matching loss of a tiny EnergyUNet: Triton vs torch."""
+    grads = {}
+    for impl in ("triton", "torch"):
+        torch.manual_seed(0)
+        model = EnergyUNet(UNetConfig(channels=1, base_width=4, num_scales=1, groups=2, kernel_impl=impl)).to(DEVICE)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.rand(2, 1, 8, 8, generator=gen).to(DEVICE)
+        t = torch.tensor([1e-3, 10.0], device=DEVICE)
+        torch.manual_seed(2)                                           # the noise draw of add_noise
+        dual_score_matching(model, x, t)["loss"].mean().backward()
+        grads[impl] = {name: p.grad for name, p in model.named_parameters()}
+    for name, ref in grads["torch"].items():
+        got = grads["triton"][name]
+        err = (got - ref).abs().max().item()
+        assert err <= 1e-3 * ref.abs().max().item() + 1e-9, f"{name}: max error {err:.3g}"
+
+
+@pytest.mark.skipif(not CUDA, reason="bf16 kernels: GPU only (the interpreter has no bf16)")
+def test_triton_bf16():
+    (x, weight, gain, dy), u = make_inputs(4, 32, 16, 16, seed=3, device="cuda")
+    got = autograd_all(lambda *a: group_norm_silu(*a, 8, impl="triton"),
+                       x.bfloat16(), weight, gain, dy.bfloat16(), [u[0].bfloat16(), u[1], u[2]])
+    ref = autograd_all(lambda *a: group_norm_silu_reference(*a, 8),
+                       *[t.bfloat16().double() for t in (x, weight, gain, dy)], [u[0].bfloat16().double(), u[1].double(), u[2].double()])
+    assert_matches(got, ref, 2e-2, 5e-2)
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_properties(0).total_memory < 60e9 if CUDA else True,
+                    reason="64-bit offsets: needs a GPU with >= 60 GB")
+def test_triton_int64_offsets():
+    """N x C x H x W > 2^31: the last sample (beyond 2^31 elements) matches the reference."""
+    N, C, H, W = 8200, 64, 64, 64                                      # 2.15e9 elements
+    x = torch.randn(N, C, H, W, device="cuda")
+    weight, gain = torch.randn(C, device="cuda"), torch.randn(N, C, device="cuda")
+    x.requires_grad_(True)
+    out = group_norm_silu(x, weight, gain, C, impl="triton")
+    dx = torch.autograd.grad(out, x, torch.ones_like(out))[0]
+    xl = x[-1:].detach().requires_grad_(True)
+    ref = group_norm_silu_reference(xl, weight, gain[-1:], C)
+    torch.testing.assert_close(out[-1:], ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dx[-1:], torch.autograd.grad(ref, xl, torch.ones_like(ref))[0], rtol=1e-3, atol=1e-4)
