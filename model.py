@@ -29,8 +29,21 @@ class UNetConfig:
     emb_dim: int = 256              # width of the noise-conditioning MLP
     num_freqs: int = 32             # sinusoidal frequencies of the t embedding (64 features)
     kernel_impl: str = "auto"       # group_norm_silu path: "auto", "torch" or "triton"
+    # noise conditioning (README "normalization"; the paper's choices: "paper", False, False)
+    t_embedding: str = "paper"      # "paper": sinusoids of t itself; "log": of log(t + t_floor)
+    t_floor: float = 1e-6           # "log" only: the embedding is flat for t << t_floor (variance units)
+    data_var: float | None = None   # s^2, per-pixel data variance, for the two options below
+    analytic_term: bool = False     # U += (d/2) log(1 + t / s^2): the bulk of dU/dt, network learns the rest
+    scale_energy: bool = False      # U = 0.5 <y, f> / (s^2 + t) instead of 0.5 <y, f>
 
     def __post_init__(self):
+        if self.t_embedding not in ("paper", "log"):
+            raise ValueError(f"t_embedding must be 'paper' or 'log', got {self.t_embedding!r}")
+        if self.t_floor <= 0:
+            raise ValueError(f"t_floor must be > 0 (a noise variance), got {self.t_floor}")
+        if (self.analytic_term or self.scale_energy) and not (self.data_var and self.data_var > 0):
+            raise ValueError(f"analytic_term and scale_energy need data_var > 0 (the per-pixel variance of the "
+                             f"data, e.g. 0.0225 for std 0.15), got data_var={self.data_var}")
         if self.layers_per_block < 2:
             raise ValueError(f"layers_per_block must be >= 2, got {self.layers_per_block}")
         if self.channels < 1 or self.base_width < 1 or self.num_scales < 1:
@@ -46,10 +59,16 @@ class UNetConfig:
 
 
 class NoiseEmbedding(nn.Module):
-    """t (B,) -> (B, emb_dim): cos and sin of t * w_k for w_k log-spaced from 1 down to 0.01 (SPEC 2.1)."""
+    """t (B,) -> (B, emb_dim): cos and sin of u * w_k for w_k log-spaced from 1 down to 0.01.
+
+    u = t for t_embedding "paper" (SPEC 2.1): nearly constant for t < 1e-2, oscillating for t > 1e2.
+    u = log(t + t_floor) for "log": smooth in log t over the whole range, flat for t << t_floor.
+    """
 
     def __init__(self, cfg):
         super().__init__()
+        self.log_t = cfg.t_embedding == "log"
+        self.t_floor = cfg.t_floor
         self.register_buffer("freqs", torch.logspace(0.0, -2.0, cfg.num_freqs), persistent=False)
         self.mlp = nn.Sequential(
             nn.Linear(2 * cfg.num_freqs, cfg.emb_dim), nn.SiLU(),
@@ -57,7 +76,8 @@ class NoiseEmbedding(nn.Module):
         )
 
     def forward(self, t):
-        a = t[:, None] * self.freqs                                   # (B, num_freqs)
+        u = torch.log(t + self.t_floor) if self.log_t else t
+        a = u[:, None] * self.freqs                                   # (B, num_freqs)
         return self.mlp(torch.cat([torch.cos(a), torch.sin(a)], dim=1))
 
 
@@ -146,7 +166,13 @@ class UNet(nn.Module):
 
 
 class EnergyUNet(nn.Module):
-    """U(y, t) = 0.5 * <y, f(y, t)> in nats, without the normalization constant c (SPEC 2)."""
+    """U(y, t) = 0.5 * <y, f(y, t)> in nats, without the normalization constant c (SPEC 2).
+
+    Options (README "normalization"), with s^2 = data_var and d = C H W:
+        scale_energy    U = 0.5 <y, f(y, t)> / (s^2 + t)      (f then needs no 1/t range)
+        analytic_term   U += (d/2) log(1 + t / s^2)           (dU/dt of N(m, (s^2 + t) I), up to |y - m|^2)
+    Both off (the paper) keeps U(0, t) = 0.
+    """
 
     def __init__(self, cfg):
         super().__init__()
@@ -155,7 +181,13 @@ class EnergyUNet(nn.Module):
 
     def forward(self, y, t):
         f = self.unet(y, t)
-        return 0.5 * (y * f).flatten(1).sum(dim=1)                   # (B,)
+        U = 0.5 * (y * f).flatten(1).sum(dim=1)                      # (B,)
+        cfg = self.config
+        if cfg.scale_energy:
+            U = U / (cfg.data_var + t)
+        if cfg.analytic_term:
+            U = U + 0.5 * y[0].numel() * torch.log1p(t / cfg.data_var)
+        return U
 
 
 class Denoiser(nn.Module):

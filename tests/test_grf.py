@@ -1,4 +1,5 @@
-"""data/grf: sampler, entropy and exact energy against dense float64 Gaussians; prepare.py's CLI."""
+"""data/grf: sampler, entropy and exact energy against dense float64 Gaussians; prepare.py's CLI;
+model.py's noise-conditioning options (log-t embedding, analytic term, energy scaling)."""
 import json
 import math
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf
+from model import EnergyUNet, UNetConfig, count_parameters, energy_and_scores
 
 
 def dense_covariance(lam):
@@ -90,3 +92,60 @@ def test_prepare_cli(tmp_path):
 def test_prepare_cli_bad_input(tmp_path, arg, message):
     r = subprocess.run([sys.executable, "data/grf/prepare.py", arg, f"--out={tmp_path}"], capture_output=True, text=True)
     assert r.returncode != 0 and message in r.stderr
+
+
+# ----------------------------------------------------------------------------- noise-conditioning options of model.py
+SMALL = dict(channels=1, base_width=4, num_scales=1, layers_per_block=2, emb_dim=8, num_freqs=4)
+
+
+def pair(**options):
+    """Two float64 EnergyUNets with identical weights: the log-embedding base and base + options."""
+    torch.manual_seed(0)
+    base = EnergyUNet(UNetConfig(**SMALL, t_embedding="log", data_var=0.04)).double()
+    other = EnergyUNet(UNetConfig(**SMALL, t_embedding="log", data_var=0.04, **options)).double()
+    other.load_state_dict(base.state_dict())
+    return base, other
+
+
+def test_analytic_term_and_scale_energy_exact():
+    y = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([1e-7, 0.03, 50.0], dtype=torch.float64)
+    s2, d = 0.04, 16
+    base, both = pair(analytic_term=True, scale_energy=True)
+    U0, g0, dU0 = energy_and_scores(base, y, t)
+    U1, g1, dU1 = energy_and_scores(both, y, t)
+    assert torch.allclose(U1, U0 / (s2 + t) + 0.5 * d * torch.log1p(t / s2), rtol=1e-12)
+    assert torch.allclose(g1, g0 / (s2 + t).view(-1, 1, 1, 1), rtol=1e-12)
+    expected = dU0 / (s2 + t) - U0 / (s2 + t) ** 2 + 0.5 * d / (s2 + t)
+    assert torch.allclose(dU1, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("t", [1e-8, 1e-3, 10.0])
+def test_log_embedding_time_derivative_vs_finite_differences(t):
+    _, model = pair(analytic_term=True, scale_energy=True)
+    y = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    tt = torch.full((2,), t, dtype=torch.float64)
+    _, _, dU = energy_and_scores(model, y, tt)
+    h = 1e-5 * t
+    with torch.no_grad():
+        fd = (model(y, tt + h) - model(y, tt - h)) / (2 * h)
+    assert torch.allclose(dU, fd, rtol=1e-5)
+
+
+def test_log_embedding_flat_below_t_floor_and_params_unchanged():
+    base, _ = pair()
+    y = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        U_0, U_tiny = base(y, torch.zeros(2, dtype=torch.float64)), base(y, torch.full((2,), 1e-12, dtype=torch.float64))
+    assert torch.allclose(U_0, U_tiny, rtol=1e-5)                      # t << t_floor = 1e-6
+    paper = EnergyUNet(UNetConfig(**SMALL))
+    assert count_parameters(paper) == count_parameters(base)
+
+
+@pytest.mark.parametrize("options, message", [(dict(t_embedding="sqrt"), "t_embedding"),
+                                              (dict(analytic_term=True), "data_var"),
+                                              (dict(scale_energy=True, data_var=-1.0), "data_var"),
+                                              (dict(t_floor=0.0), "t_floor")])
+def test_bad_noise_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        UNetConfig(**SMALL, **options)
