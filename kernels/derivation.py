@@ -1,9 +1,10 @@
 """Hand-derived backward and double backward of group_norm_silu, in plain PyTorch (llm.c style).
 
-These are the formulas the Triton kernels implement; tests/test_kernels.py checks them against
-autograd of reference.py in float64 before the kernels are checked against them. The per-group
-coefficient steps (`scale`, `backward_coefs`, `tangent_coefs`, `double_backward_coefs`) work on
-small (N, G) tensors and are shared with the Triton path, which fuses the per-element passes.
+These are the formulas the Triton kernels implement (triton_impl.py uses the same names);
+tests/test_kernels.py checks them against autograd of reference.py in float64, and the kernels
+against the reference. The per-group coefficient steps (`scale`, `backward_coefs`,
+`tangent_coefs`, `double_backward_coefs`) act on small (N, G) tensors and couple the groups of a
+sample through vbar; triton_impl.py's *_coef kernels compute them, one program per sample.
 
 Notation. x is viewed as (N, G, Cg, HW); a group holds K = Cg * HW values; sums run over a group.
     xc = x - m_g            m_g = mean x,   v_g = mean xc^2,   vbar = mean_g v_g (per sample)
