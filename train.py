@@ -61,11 +61,11 @@ preset = ""                       # a named config of PRESETS applied before the
 MODEL_KEYS = [f for f in fields(UNetConfig) if f.name != "channels"]
 
 PRESETS = {
-    "cpu": dict(                  # ~10 min on 2 CPU cores: grayscale 32x32 patches of photographs
+    "cpu": dict(                  # ~10 min on one CPU core: grayscale 32x32 patches of photographs
         data_dir="data/patches", out_dir="out/patches", device="cpu",
         base_width=16, num_scales=2, layers_per_block=2, emb_dim=64,
-        batch_size=32, max_steps=3000, lr=1e-3, lr_halve_every=1000,
-        log_interval=50, eval_interval=1000, eval_images=512, ckpt_interval=500),
+        batch_size=32, max_steps=600, lr=1e-3, lr_halve_every=200,
+        log_interval=25, eval_interval=300, eval_images=256, ckpt_interval=100),
 }
 # -----------------------------------------------------------------------------
 

@@ -1,0 +1,141 @@
+"""train.py end to end on a tiny model: DDP gradients, exact resume, NaN stop, clear errors on bad input.
+
+Each test runs train.py (or torchrun) as a subprocess on 8x8 grayscale images with one thread.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from model import load_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--base_width=4", "--num_scales=2", "--layers_per_block=2", "--emb_dim=8", "--num_freqs=4",
+        "--batch_size=4", "--log_interval=1", "--eval_interval=1000", "--eval_images=8", "--device=cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def write_data(folder, shape=(8, 8, 1), dtype=np.uint8, n=(32, 8)):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "val"), n):
+        np.save(os.path.join(folder, f"{split}.npy"), rng.integers(0, 256, (count, *shape)).astype(dtype))
+    return str(folder)
+
+
+def start(*args, launcher=(sys.executable,)):
+    """Launch train.py with the tiny config (runs started together overlap their start-up costs)."""
+    return subprocess.Popen([*launcher, os.path.join(ROOT, "train.py"), *TINY, *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc):
+    stdout, stderr = proc.communicate(timeout=180)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def train(*args, **kwargs):
+    return finish(start(*args, **kwargs))
+
+
+def records(out_dir, key="loss"):
+    with open(os.path.join(out_dir, "log.jsonl")) as fh:
+        return {r["step"]: r[key] for r in map(json.loads, fh) if key in r}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+def test_ddp_gradients_equal_single_process(data_dir, tmp_path):
+    """2 ranks (gloo) x 1 micro-batch of 2 and 1 process x 2 micro-batches of 2 see the same global batch."""
+    common = [f"--data_dir={data_dir}", "--max_steps=1"]
+    ddp = start(*common, f"--out_dir={tmp_path / 'ddp'}", f"--grad_dump={tmp_path / 'ddp.pt'}",
+                launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    single = finish(start(*common, "--grad_accum=2", f"--out_dir={tmp_path / 'single'}",
+                          f"--grad_dump={tmp_path / 'single.pt'}"))
+    ddp = finish(ddp)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "world size 2" in ddp.stdout
+    assert single.returncode == 0, single.stderr[-3000:]
+    g_ddp, g_single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    assert g_ddp.keys() == g_single.keys()
+    for name in g_single:
+        assert g_single[name].abs().max() > 0, name
+        torch.testing.assert_close(g_ddp[name], g_single[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert records(tmp_path / "ddp")[1] == pytest.approx(records(tmp_path / "single")[1], rel=1e-6)
+    # the in-training evaluation is all-reduced: same micro-batches, same noise, same numbers
+    e_ddp, e_single = records(tmp_path / "ddp", "eval")[1], records(tmp_path / "single", "eval")[1]
+    assert e_ddp["n_images"] == e_single["n_images"] == 8
+    assert e_ddp["nll_bpd"] == pytest.approx(e_single["nll_bpd"], rel=1e-5)
+
+
+def test_resume_repeats_uninterrupted_run(data_dir, tmp_path):
+    common = [f"--data_dir={data_dir}", "--ckpt_interval=2", "--ema_halflife_images=8"]
+    full = start(*common, "--max_steps=4", f"--out_dir={tmp_path / 'full'}")
+    first = train(*common, "--max_steps=2", f"--out_dir={tmp_path / 'resumed'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = train(*common, "--max_steps=4", f"--out_dir={tmp_path / 'resumed'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    full = finish(full)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "resuming from" in second.stdout and "at step 2" in second.stdout
+    losses_full, losses_resumed = records(tmp_path / "full"), records(tmp_path / "resumed")
+    assert sorted(losses_full) == sorted(losses_resumed) == [1, 2, 3, 4]
+    assert all(np.isfinite(list(losses_full.values())))
+    assert losses_resumed == losses_full                          # bit for bit, after the restart too
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4 and a["kind"] == "energy"
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert torch.load(tmp_path / "full" / "ckpt_prev.pt", weights_only=True)["step"] == 2
+    model, ckpt = load_model(str(tmp_path / "full" / "ckpt.pt"), kind="energy")
+    assert ckpt["config"]["max_steps"] == 4 and ckpt["model_config"]["channels"] == 1
+    with open(tmp_path / "full" / "config.json") as fh:
+        assert json.load(fh)["ema_halflife_images"] == 8
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
+    """The denoiser with an absurd learning rate: step 1 is fine, then the loss overflows."""
+    out = tmp_path / "nan"
+    run = train(f"--data_dir={data_dir}", "--kind=denoiser", "--lr=1e30", "--max_steps=5", "--ckpt_interval=1",
+                f"--out_dir={out}")
+    assert run.returncode != 0
+    assert "not finite" in run.stdout and "last good one" in run.stdout
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["kind"] == "denoiser" and 1 <= ckpt["step"] < 5
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def corrupt_checkpoint(tmp_path, data_dir):
+    os.makedirs(tmp_path / "out")
+    (tmp_path / "out" / "ckpt.pt").write_bytes(b"not a checkpoint")
+    return [f"--data_dir={data_dir}"]
+
+
+BAD_INPUTS = {
+    "missing data_dir": (lambda tmp, d: [f"--data_dir={tmp / 'nowhere'}"], "train.npy not found"),
+    "wrong shape": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', shape=(8, 8, 2))}"], "expected (N, H, W, C)"),
+    "wrong dtype": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', dtype=np.float64)}"], "dtype float64"),
+    "size not divisible": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', shape=(10, 10, 1))}"], "not divisible by 2^num_scales"),
+    "unknown key": (lambda tmp, d: [f"--data_dir={d}", "--batchsize=4"], "unknown config key 'batchsize'"),
+    "wrong type": (lambda tmp, d: [f"--data_dir={d}", "--max_steps=ten"], "expected a value of type int"),
+    "corrupt checkpoint": (corrupt_checkpoint, "is corrupt"),
+}
+
+
+def test_bad_inputs_fail_clearly(data_dir, tmp_path):
+    """Each bad input: a non-zero exit and a message naming the problem, no traceback (runs overlap)."""
+    runs = {case: start(f"--out_dir={tmp_path / str(i) / 'out'}", *make_args(tmp_path / str(i), data_dir))
+            for i, (case, (make_args, _)) in enumerate(BAD_INPUTS.items())}
+    for case, proc in runs.items():
+        run, message = finish(proc), BAD_INPUTS[case][1]
+        assert run.returncode != 0, case
+        assert message in run.stderr and "Traceback" not in run.stderr, (case, run.stderr[-2000:])
