@@ -327,3 +327,16 @@ def test_figure_commands(tiny):
         figures.main(["subsets", f"--data_dir={tiny['data']}", "--n_train=13"])
     with pytest.raises(SystemExit, match="usage"):
         figures.main(["fig9"])
+
+
+def test_fig5_on_gaussian_energy(tmp_path):
+    """Fig. 5's dataset curves equal the analytic ones: d_eff / d = mean s2 / (s2 + t), and
+    mean log p(y, t) = -(entropy of N(mu, Sigma + t I)) in dB/dim."""
+    U = GaussianEnergy((1, 4, 4))
+    images = as_array(U.sample(512))
+    r = figures.fig5(U, -U.K, images, tmp_path, n_chosen=2, n_t=4, n_draws=2)
+    for t, deff, lp in zip(r["t"], r["mean_deff_over_d"], r["mean_logp_db"]):
+        assert abs(deff / (U.s2 / (U.s2 + t)).mean().item() - 1) < 0.05, (t, deff)
+        ref = -ev.DB_PER_NAT * 0.5 * torch.log(2 * math.pi * math.e * (U.s2 + t)).sum().item() / U.d
+        assert abs(lp - ref) < 0.12, (t, lp, ref)             # ~5 standard errors (sqrt(d/2) nats / image)
+    assert (tmp_path / "fig5.pdf").exists()
