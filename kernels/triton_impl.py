@@ -90,7 +90,7 @@ def _stats_kernel(x_ptr, m_ptr, v_ptr, K, BLOCK: tl.constexpr):
     tl.store(v_ptr + pid, tl.sum(acc, axis=0) / K)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C"])
 def _forward_kernel(x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr, out_ptr, eps, C, HW, Cg,
                     PRESERVE: tl.constexpr, BLOCK: tl.constexpr):
     """out = silu((x - m) s w gain)."""
@@ -112,7 +112,7 @@ def _forward_kernel(x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr, out_ptr, eps
 
 # ---- first backward -------------------------------------------------------------------------------
 
-@triton.jit
+@triton.jit(do_not_specialize=["C"])
 def _backward_reduce_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr,
                             A_ptr, B_ptr, dgain_ptr, dwn_ptr, eps, C, HW, Cg,
                             PRESERVE: tl.constexpr, BLOCK: tl.constexpr):
@@ -152,7 +152,7 @@ def _backward_reduce_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_p
     tl.store(B_ptr + pid, B)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["G"])
 def _backward_coef_kernel(v_ptr, vbar_ptr, A_ptr, dv_ptr, eps, G, PRESERVE: tl.constexpr, BLOCK_G: tl.constexpr):
     """dv_g = A_g s_v,g + mean_g' A_g' s_b,g' for the G groups of one sample."""
     n = tl.program_id(0)
@@ -165,7 +165,7 @@ def _backward_coef_kernel(v_ptr, vbar_ptr, A_ptr, dv_ptr, eps, G, PRESERVE: tl.c
     tl.store(dv_ptr + n * G + offs, dv, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C"])
 def _backward_apply_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr, dv_ptr, B_ptr, dx_ptr,
                            eps, C, HW, Cg, PRESERVE: tl.constexpr, BLOCK: tl.constexpr):
     """dx = s (gh - B / K) + (2 dv / K) xc."""
@@ -212,7 +212,7 @@ def _tangent_reduce_kernel(ux_ptr, x_ptr, m_ptr, U1_ptr, U2_ptr, K, BLOCK: tl.co
     tl.store(U2_ptr + pid, tl.sum(acc2, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["G"])
 def _tangent_coef_kernel(v_ptr, vbar_ptr, U2_ptr, sdot_ptr, eps, G, K, PRESERVE: tl.constexpr, BLOCK_G: tl.constexpr):
     """s_dot = s_v v_dot + s_b vbar_dot, with v_dot = 2 U2 / K and vbar_dot = mean_g v_dot."""
     n = tl.program_id(0)
@@ -240,7 +240,7 @@ def _double_terms(dy, x, ux, m, s, umean, s_dot, wg, ug):
     return xc, xhat, xc_dot, xhat_dot, silu1 * a_dot, da, g_a, Gx
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C"])
 def _double_reduce_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_ptr, m_ptr, v_ptr, vbar_ptr,
                           U1_ptr, sdot_ptr, gdy_ptr, R1_ptr, R2_ptr, R3_ptr, ggain_ptr, gwn_ptr,
                           eps, C, HW, Cg, PRESERVE: tl.constexpr, HAS_UX: tl.constexpr, BLOCK: tl.constexpr):
@@ -298,7 +298,7 @@ def _double_reduce_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_
     tl.store(R3_ptr + pid, R3)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["G"])
 def _double_coef_kernel(v_ptr, vbar_ptr, A_ptr, U2_ptr, R1_ptr, R2_ptr, gvt_ptr, eps, G, K,
                         PRESERVE: tl.constexpr, BLOCK_G: tl.constexpr):
     """gvt_g = gv_g + gb / G: the total gradient of L2 w.r.t. v_g (derivation.double_backward_coefs)."""
@@ -316,7 +316,7 @@ def _double_coef_kernel(v_ptr, vbar_ptr, A_ptr, U2_ptr, R1_ptr, R2_ptr, gvt_ptr,
     tl.store(gvt_ptr + n * G + offs, gv + gb / G, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C"])
 def _double_apply_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_ptr, m_ptr, v_ptr, vbar_ptr,
                          U1_ptr, sdot_ptr, dv_ptr, gvt_ptr, B_ptr, R3_ptr, gx_ptr,
                          eps, C, HW, Cg, PRESERVE: tl.constexpr, HAS_UX: tl.constexpr, BLOCK: tl.constexpr):
@@ -356,11 +356,12 @@ def _double_apply_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_p
 # ---- host side ------------------------------------------------------------------------------------
 
 def _sizes(x, groups):
-    """(N, C, HW, Cg, BLOCK over HW, BLOCK over a group, BLOCK over the groups of a sample)."""
+    """(N, C, HW, Cg, BLOCK over HW, BLOCK over a group, BLOCK over the groups of a sample).
+    Blocks are at least 128 (the lanes of 4 warps) and 32: fewer compiled variants, no cost."""
     N, C, H, W = x.shape
     HW, Cg = H * W, C // groups
-    block = lambda n: min(1024, triton.next_power_of_2(n))
-    return N, C, HW, Cg, block(HW), block(Cg * HW), triton.next_power_of_2(groups)
+    block = lambda n: min(1024, max(128, triton.next_power_of_2(n)))
+    return N, C, HW, Cg, block(HW), block(Cg * HW), max(32, triton.next_power_of_2(groups))
 
 
 class GNSiLU(torch.autograd.Function):
