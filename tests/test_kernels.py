@@ -153,6 +153,15 @@ def test_triton_partial_second_order_and_third_order_error():
 
 
 @needs_triton
+def test_triton_deterministic():
+    """Two runs give bitwise equal results, weight and gain gradients included (no atomics)."""
+    (x, weight, gain, dy), u = make_inputs(2, 4, 5, 3, seed=4, device=DEVICE)
+    op = lambda *a: group_norm_silu(*a, 2, impl="triton")
+    for a, b in zip(autograd_all(op, x, weight, gain, dy, u), autograd_all(op, x, weight, gain, dy, u)):
+        assert torch.equal(a, b)
+
+
+@needs_triton
 def test_triton_energy_unet_dual_loss_grads():
     """Parameter gradients of the dual score matching loss of a tiny EnergyUNet: Triton vs torch."""
     grads = {}
