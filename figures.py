@@ -242,7 +242,8 @@ def fig5(energy_fn, c, images, out, n_chosen=4, n_t=31, n_draws=1, batch_size=25
         axes[0].semilogx(ts, logp_t[:, i], label=f"image {i} (log p {lp[i]:.1f})")
         axes[1].semilogx(ts, deff_t[:, i])
     axes[0].semilogx(ts, logp_t.mean(axis=1), "k", lw=2, label=f"mean over {len(lp)} images")
-    axes[0].semilogx(ts, gauss, "k:", lw=1, label="N(m, t I)")
+    large = ts >= 1
+    axes[0].semilogx(ts[large], np.array(gauss)[large], "k:", lw=1, label="N(m, t I), t >= 1")
     axes[1].semilogx(ts, deff_t.mean(axis=1), "k", lw=2)
     axes[0].set_ylabel("mean log p(x + sqrt(t) z, t) (dB/dim)")
     axes[1].set_ylabel("d_eff(x, t) / d")
