@@ -40,8 +40,8 @@ def group_norm_silu(x, weight, gain, groups, eps=1e-5, preserve_scale=True, impl
         impl = "triton" if wants_triton and triton_available() else "torch"
     if impl == "torch":
         return group_norm_silu_reference(x, weight, gain, groups, eps, preserve_scale)
+    check_inputs(x, weight, gain, groups)
     if not triton_available():
         raise RuntimeError("group_norm_silu: impl='triton' but triton does not import; "
                            "install it (pip install triton) or use impl='torch'")
-    check_inputs(x, weight, gain, groups)
     return _triton_impl.group_norm_silu_triton(x, weight, gain, groups, eps, preserve_scale)

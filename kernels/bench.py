@@ -51,7 +51,10 @@ for arg in sys.argv[1:]:
     kind = type(config[key])
     if kind is bool and value not in ("True", "False"):
         sys.exit(f"--{key} takes True or False, got {value!r}")
-    config[key] = (value == "True") if kind is bool else kind(value)
+    try:
+        config[key] = (value == "True") if kind is bool else kind(value)
+    except ValueError:
+        sys.exit(f"--{key} takes a {kind.__name__}, got {value!r}")
 globals().update(config)
 torch.set_num_threads(threads)
 interpreted = os.environ.get("TRITON_INTERPRET") == "1"
@@ -143,7 +146,7 @@ for shape in shapes.split(","):
             row += f"- | {k * nbytes / e / 1e6:.3g} | - | - |"
         lines.append(row)
         print(row, flush=True)
-    if device == "cuda":
+    if device == "cuda" and fused_ok:
         bw = copy_gbs(batch, C, H)
         row = f"| {C} x {H} x {H} | copy (x.copy_) | | | {bw:.1f} | fwd at {2 * nbytes / results['triton'][0] / 1e6 / bw:.0%} of copy | |"
         lines.append(row)
