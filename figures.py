@@ -119,7 +119,7 @@ def fig2(model_a, c_a, model_b, c_b, set_a, set_b, out, batch_size=256, device="
                    mean_abs_diff_db=float(np.abs(diff).mean()), rms_diff_db=float(np.sqrt((diff ** 2).mean())),
                    mean_diff_db=float(diff.mean()), corr=float(np.corrcoef(la, lb)[0, 1]) if len(la) > 1 else None,
                    log_norm_const_a=c_a, log_norm_const_b=c_b)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
     n = len(set_a)
     ax.scatter(la[:n], lb[:n], s=6, alpha=0.6, label="training set of A")
     ax.scatter(la[n:], lb[n:], s=6, alpha=0.6, label="training set of B")
@@ -193,7 +193,7 @@ def fig4(energy_fn, c, images, out, n_curves=6, n_grid=21, levels=6, batch_size=
                    heatmap_image=chosen[len(chosen) // 2], haar_levels=len(haar(torch.zeros(1, x.shape[3], *x.shape[1:3]), levels)[1]),
                    participation_ratio=pr.tolist(), logp_db=lp.tolist(), fit_slope=float(slope),
                    fit_intercept=float(intercept), corr=float(np.corrcoef(pr, lp)[0, 1]) if len(lp) > 1 else None)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
     for cv, i in zip(curves, chosen):
         axes[0].plot(a, cv, label=f"image {i}")
     axes[0].set_xlabel("contrast a (b = 0)")
@@ -237,7 +237,7 @@ def fig5(energy_fn, c, images, out, n_chosen=4, n_t=31, n_draws=1, batch_size=25
                    mean_logp_db=logp_t.mean(axis=1).tolist(), mean_deff_over_d=deff_t.mean(axis=1).tolist(),
                    chosen_logp_db=logp_t[:, chosen].T.tolist(), chosen_deff_over_d=deff_t[:, chosen].T.tolist(),
                    gaussian_logp_db=gauss)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for i in chosen:
         axes[0].semilogx(ts, logp_t[:, i], label=f"image {i} (log p {lp[i]:.1f})")
         axes[1].semilogx(ts, deff_t[:, i])
