@@ -8,9 +8,10 @@ differentiable twice (SPEC 8):
 
 The formulas, their derivation and their check against autograd are in derivation.py; these
 kernels implement them pass by pass with the same names. Two kinds of kernel:
-- per (sample n, group g), grid N * G: a group is the contiguous block of K = Cg * HW values
-  starting at (n * G + g) * K, visited channel by channel in BLOCK-sized chunks with int64
-  offsets. They recompute s_g from (v_g, vbar_n) and write per-group sums to (N, G) buffers and
+- per tile of groups: a program takes GPP consecutive groups (flat index n * G + g), all their
+  channels (CGB slots for the Cg channels) and walks H * W in BLOCK-sized chunks, a
+  (GPP, CGB, BLOCK) tile with int64 offsets; small images get several groups per program, large
+  ones one. They recompute s_g from (v_g, vbar_n) and write per-group sums to (N, G) buffers and
   per-channel sums to (N, C) buffers.
 - per sample n, grid N (the *_coef kernels): the steps that couple the groups of a sample through
   vbar (derivation.py's backward_coefs, tangent_coefs, double_backward_coefs), one program holding
@@ -68,88 +69,98 @@ def _scale_derivatives(v, vbar, eps, PRESERVE: tl.constexpr):
     return s_v, s_b, s_vv, s_vb, s_bb
 
 
-# ---- forward --------------------------------------------------------------------------------------
+# ---- tiles: a program handles GPP consecutive groups, all their channels, HW in BLOCK chunks ----------
 
 @triton.jit
-def _stats_kernel(x_ptr, m_ptr, v_ptr, K, BLOCK: tl.constexpr):
-    """m_g = mean x and v_g = mean (x - m_g)^2 over one group (two passes)."""
-    pid = tl.program_id(0)
-    base = pid.to(tl.int64) * K
-    offs = tl.arange(0, BLOCK)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, K, BLOCK):
-        mask = start + offs < K
-        acc += tl.load(x_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-    m = tl.sum(acc, axis=0) / K
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, K, BLOCK):
-        mask = start + offs < K
-        xc = tl.load(x_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32) - m
-        acc += tl.where(mask, xc * xc, 0.0)
-    tl.store(m_ptr + pid, m)
-    tl.store(v_ptr + pid, tl.sum(acc, axis=0) / K)
+def _tile(pid, NG, Cg, GPP: tl.constexpr, CGB: tl.constexpr):
+    """Groups grp (GPP,) = n * G + g of program pid and their rows (GPP, CGB) = n * C + channel."""
+    grp = pid * GPP + tl.arange(0, GPP)
+    gmask = grp < NG
+    ci = tl.arange(0, CGB)
+    row = grp.to(tl.int64)[:, None] * Cg + ci[None, :]
+    return grp, gmask, row, gmask[:, None] & (ci[None, :] < Cg)
 
 
-@triton.jit(do_not_specialize=["C"])
-def _forward_kernel(x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr, out_ptr, eps, C, HW, Cg,
-                    PRESERVE: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit
+def _chunk(row, rmask, start, HW, BLOCK: tl.constexpr):
+    """int64 offsets (GPP, CGB, BLOCK) of positions [start, start + BLOCK) of every row, and mask."""
+    hw = start + tl.arange(0, BLOCK)
+    return row[:, :, None] * HW + hw[None, None, :], rmask[:, :, None] & (hw < HW)[None, None, :]
+
+
+@triton.jit
+def _group_stats(grp, gmask, m_ptr, v_ptr, vbar_ptr, G, eps, PRESERVE: tl.constexpr):
+    """m_g and s_g (GPP,) of the program's groups."""
+    m = tl.load(m_ptr + grp, mask=gmask, other=0.0)
+    v = tl.load(v_ptr + grp, mask=gmask, other=1.0)
+    return m, _scale(v, tl.load(vbar_ptr + grp // G, mask=gmask, other=1.0), eps, PRESERVE)
+
+
+@triton.jit
+def _load_rows(ptr, offs, mask):
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+# ---- forward --------------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=["NG", "Cg"])
+def _stats_kernel(x_ptr, m_ptr, v_ptr, NG, Cg, HW, GPP: tl.constexpr, CGB: tl.constexpr, BLOCK: tl.constexpr):
+    """m_g = mean x and v_g = mean (x - m_g)^2 of each group (two passes)."""
+    grp, gmask, row, rmask = _tile(tl.program_id(0), NG, Cg, GPP, CGB)
+    acc = tl.zeros([GPP, CGB], dtype=tl.float32)
+    for start in range(0, HW, BLOCK):
+        offs, mask = _chunk(row, rmask, start, HW, BLOCK)
+        acc += tl.sum(_load_rows(x_ptr, offs, mask), axis=2)
+    m = tl.sum(acc, axis=1) / (Cg * HW)
+    acc = tl.zeros([GPP, CGB], dtype=tl.float32)
+    for start in range(0, HW, BLOCK):
+        offs, mask = _chunk(row, rmask, start, HW, BLOCK)
+        xc = _load_rows(x_ptr, offs, mask) - m[:, None, None]
+        acc += tl.sum(tl.where(mask, xc * xc, 0.0), axis=2)
+    tl.store(m_ptr + grp, m, mask=gmask)
+    tl.store(v_ptr + grp, tl.sum(acc, axis=1) / (Cg * HW), mask=gmask)
+
+
+@triton.jit(do_not_specialize=["NG", "G", "C", "Cg"])
+def _forward_kernel(x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr, out_ptr, eps, NG, G, C, Cg, HW,
+                    PRESERVE: tl.constexpr, GPP: tl.constexpr, CGB: tl.constexpr, BLOCK: tl.constexpr):
     """out = silu((x - m) s w gain)."""
-    pid = tl.program_id(0)
-    n = pid // (C // Cg)
-    m = tl.load(m_ptr + pid)
-    s = _scale(tl.load(v_ptr + pid), tl.load(vbar_ptr + n), eps, PRESERVE)
-    offs = tl.arange(0, BLOCK)
-    for c in range(Cg):
-        row = pid * Cg + c                                             # n * C + channel
-        wg = tl.load(w_ptr + row - n * C).to(tl.float32) * tl.load(gain_ptr + row).to(tl.float32)
-        base = row.to(tl.int64) * HW
-        for start in range(0, HW, BLOCK):
-            mask = start + offs < HW
-            x = tl.load(x_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            a = (x - m) * s * wg
-            tl.store(out_ptr + base + start + offs, a * tl.sigmoid(a), mask=mask)
+    grp, gmask, row, rmask = _tile(tl.program_id(0), NG, Cg, GPP, CGB)
+    m, s = _group_stats(grp, gmask, m_ptr, v_ptr, vbar_ptr, G, eps, PRESERVE)
+    swg = s[:, None] * _load_rows(w_ptr, row % C, rmask) * _load_rows(gain_ptr, row, rmask)
+    for start in range(0, HW, BLOCK):
+        offs, mask = _chunk(row, rmask, start, HW, BLOCK)
+        a = (_load_rows(x_ptr, offs, mask) - m[:, None, None]) * swg[:, :, None]
+        tl.store(out_ptr + offs, a * tl.sigmoid(a), mask=mask)
 
 
 # ---- first backward -------------------------------------------------------------------------------
 
-@triton.jit(do_not_specialize=["C"])
-def _backward_reduce_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr,
-                            A_ptr, B_ptr, dgain_ptr, dwn_ptr, eps, C, HW, Cg,
-                            PRESERVE: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["NG", "G", "C", "Cg"])
+def _backward_reduce_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr, A_ptr, B_ptr, dgain_ptr, dwn_ptr,
+                            eps, NG, G, C, Cg, HW,
+                            PRESERVE: tl.constexpr, GPP: tl.constexpr, CGB: tl.constexpr, BLOCK: tl.constexpr):
     """A_g = sum gh xc, B_g = sum gh (gh = da w gain); with P_nc = sum_hw da xhat,
     dgain_nc = w_c P_nc and dwn_nc = gain_nc P_nc (dw = sum_n dwn)."""
-    pid = tl.program_id(0)
-    n = pid // (C // Cg)
-    m = tl.load(m_ptr + pid)
-    s = _scale(tl.load(v_ptr + pid), tl.load(vbar_ptr + n), eps, PRESERVE)
-    offs = tl.arange(0, BLOCK)
-    A = 0.0
-    B = 0.0
-    for c in range(Cg):
-        row = pid * Cg + c
-        w = tl.load(w_ptr + row - n * C).to(tl.float32)
-        gn = tl.load(gain_ptr + row).to(tl.float32)
-        wg = w * gn
-        base = row.to(tl.int64) * HW
-        acc_xc = tl.zeros([BLOCK], dtype=tl.float32)
-        acc_1 = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, HW, BLOCK):
-            mask = start + offs < HW
-            x = tl.load(x_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            xc = x - m
-            silu1, _ = _silu_grads(xc * s * wg)
-            da = dy * silu1                                            # 0 where masked (dy = 0)
-            acc_xc += da * xc
-            acc_1 += da
-        sum_xc = tl.sum(acc_xc, axis=0)
-        A += wg * sum_xc
-        B += wg * tl.sum(acc_1, axis=0)
-        P = s * sum_xc
-        tl.store(dgain_ptr + row, w * P)
-        tl.store(dwn_ptr + row, gn * P)
-    tl.store(A_ptr + pid, A)
-    tl.store(B_ptr + pid, B)
+    grp, gmask, row, rmask = _tile(tl.program_id(0), NG, Cg, GPP, CGB)
+    m, s = _group_stats(grp, gmask, m_ptr, v_ptr, vbar_ptr, G, eps, PRESERVE)
+    w = _load_rows(w_ptr, row % C, rmask)
+    gn = _load_rows(gain_ptr, row, rmask)
+    swg = s[:, None] * w * gn
+    sum_xc = tl.zeros([GPP, CGB], dtype=tl.float32)
+    sum_1 = tl.zeros([GPP, CGB], dtype=tl.float32)
+    for start in range(0, HW, BLOCK):
+        offs, mask = _chunk(row, rmask, start, HW, BLOCK)
+        xc = _load_rows(x_ptr, offs, mask) - m[:, None, None]
+        silu1, _ = _silu_grads(xc * swg[:, :, None])
+        da = _load_rows(dy_ptr, offs, mask) * silu1                   # 0 where masked (dy = 0)
+        sum_xc += tl.sum(da * xc, axis=2)
+        sum_1 += tl.sum(da, axis=2)
+    P = s[:, None] * sum_xc
+    tl.store(dgain_ptr + row, w * P, mask=rmask)
+    tl.store(dwn_ptr + row, gn * P, mask=rmask)
+    tl.store(A_ptr + grp, tl.sum(w * gn * sum_xc, axis=1), mask=gmask)
+    tl.store(B_ptr + grp, tl.sum(w * gn * sum_1, axis=1), mask=gmask)
 
 
 @triton.jit(do_not_specialize=["G"])
@@ -165,51 +176,43 @@ def _backward_coef_kernel(v_ptr, vbar_ptr, A_ptr, dv_ptr, eps, G, PRESERVE: tl.c
     tl.store(dv_ptr + n * G + offs, dv, mask=mask)
 
 
-@triton.jit(do_not_specialize=["C"])
+@triton.jit(do_not_specialize=["NG", "G", "C", "Cg"])
 def _backward_apply_kernel(dy_ptr, x_ptr, w_ptr, gain_ptr, m_ptr, v_ptr, vbar_ptr, dv_ptr, B_ptr, dx_ptr,
-                           eps, C, HW, Cg, PRESERVE: tl.constexpr, BLOCK: tl.constexpr):
+                           eps, NG, G, C, Cg, HW,
+                           PRESERVE: tl.constexpr, GPP: tl.constexpr, CGB: tl.constexpr, BLOCK: tl.constexpr):
     """dx = s (gh - B / K) + (2 dv / K) xc."""
-    pid = tl.program_id(0)
-    n = pid // (C // Cg)
+    grp, gmask, row, rmask = _tile(tl.program_id(0), NG, Cg, GPP, CGB)
+    m, s = _group_stats(grp, gmask, m_ptr, v_ptr, vbar_ptr, G, eps, PRESERVE)
     K = Cg * HW
-    m = tl.load(m_ptr + pid)
-    s = _scale(tl.load(v_ptr + pid), tl.load(vbar_ptr + n), eps, PRESERVE)
-    c_xc = 2 * tl.load(dv_ptr + pid) / K
-    mean_gh = tl.load(B_ptr + pid) / K
-    offs = tl.arange(0, BLOCK)
-    for c in range(Cg):
-        row = pid * Cg + c
-        wg = tl.load(w_ptr + row - n * C).to(tl.float32) * tl.load(gain_ptr + row).to(tl.float32)
-        base = row.to(tl.int64) * HW
-        for start in range(0, HW, BLOCK):
-            mask = start + offs < HW
-            x = tl.load(x_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            xc = x - m
-            silu1, _ = _silu_grads(xc * s * wg)
-            dx = s * (wg * (dy * silu1) - mean_gh) + c_xc * xc
-            tl.store(dx_ptr + base + start + offs, dx, mask=mask)
+    c_xc = 2 * tl.load(dv_ptr + grp, mask=gmask, other=0.0) / K
+    mean_gh = tl.load(B_ptr + grp, mask=gmask, other=0.0) / K
+    wg = _load_rows(w_ptr, row % C, rmask) * _load_rows(gain_ptr, row, rmask)
+    for start in range(0, HW, BLOCK):
+        offs, mask = _chunk(row, rmask, start, HW, BLOCK)
+        xc = _load_rows(x_ptr, offs, mask) - m[:, None, None]
+        silu1, _ = _silu_grads(xc * (s[:, None] * wg)[:, :, None])
+        gh = wg[:, :, None] * (_load_rows(dy_ptr, offs, mask) * silu1)
+        dx = s[:, None, None] * (gh - mean_gh[:, None, None]) + c_xc[:, None, None] * xc
+        tl.store(dx_ptr + offs, dx, mask=mask)
 
 
 # ---- double backward ------------------------------------------------------------------------------
 
-@triton.jit
-def _tangent_reduce_kernel(ux_ptr, x_ptr, m_ptr, U1_ptr, U2_ptr, K, BLOCK: tl.constexpr):
-    """U1_g = sum ux, U2_g = sum xc ux over one group."""
-    pid = tl.program_id(0)
-    base = pid.to(tl.int64) * K
-    m = tl.load(m_ptr + pid)
-    offs = tl.arange(0, BLOCK)
-    acc1 = tl.zeros([BLOCK], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, K, BLOCK):
-        mask = start + offs < K
-        ux = tl.load(ux_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-        acc1 += ux
-        acc2 += (x - m) * ux
-    tl.store(U1_ptr + pid, tl.sum(acc1, axis=0))
-    tl.store(U2_ptr + pid, tl.sum(acc2, axis=0))
+@triton.jit(do_not_specialize=["NG", "Cg"])
+def _tangent_reduce_kernel(ux_ptr, x_ptr, m_ptr, U1_ptr, U2_ptr, NG, Cg, HW,
+                           GPP: tl.constexpr, CGB: tl.constexpr, BLOCK: tl.constexpr):
+    """U1_g = sum ux, U2_g = sum xc ux of each group."""
+    grp, gmask, row, rmask = _tile(tl.program_id(0), NG, Cg, GPP, CGB)
+    m = tl.load(m_ptr + grp, mask=gmask, other=0.0)
+    acc1 = tl.zeros([GPP, CGB], dtype=tl.float32)
+    acc2 = tl.zeros([GPP, CGB], dtype=tl.float32)
+    for start in range(0, HW, BLOCK):
+        offs, mask = _chunk(row, rmask, start, HW, BLOCK)
+        ux = _load_rows(ux_ptr, offs, mask)
+        acc1 += tl.sum(ux, axis=2)
+        acc2 += tl.sum((_load_rows(x_ptr, offs, mask) - m[:, None, None]) * ux, axis=2)
+    tl.store(U1_ptr + grp, tl.sum(acc1, axis=1), mask=gmask)
+    tl.store(U2_ptr + grp, tl.sum(acc2, axis=1), mask=gmask)
 
 
 @triton.jit(do_not_specialize=["G"])
@@ -240,62 +243,54 @@ def _double_terms(dy, x, ux, m, s, umean, s_dot, wg, ug):
     return xc, xhat, xc_dot, xhat_dot, silu1 * a_dot, da, g_a, Gx
 
 
-@triton.jit(do_not_specialize=["C"])
+@triton.jit
+def _double_params(grp, gmask, row, rmask, w_ptr, gain_ptr, uw_ptr, ugain_ptr, U1_ptr, sdot_ptr, C, K):
+    """Per-row w, gain, w gain, uw gain + w ugain (GPP, CGB) and per-group mean ux, s_dot (GPP,)."""
+    w = _load_rows(w_ptr, row % C, rmask)
+    gn = _load_rows(gain_ptr, row, rmask)
+    ug = _load_rows(uw_ptr, row % C, rmask) * gn + w * _load_rows(ugain_ptr, row, rmask)
+    umean = tl.load(U1_ptr + grp, mask=gmask, other=0.0) / K
+    return w, gn, w * gn, ug, umean, tl.load(sdot_ptr + grp, mask=gmask, other=0.0)
+
+
+@triton.jit(do_not_specialize=["NG", "G", "C", "Cg"])
 def _double_reduce_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_ptr, m_ptr, v_ptr, vbar_ptr,
                           U1_ptr, sdot_ptr, gdy_ptr, R1_ptr, R2_ptr, R3_ptr, ggain_ptr, gwn_ptr,
-                          eps, C, HW, Cg, PRESERVE: tl.constexpr, HAS_UX: tl.constexpr, BLOCK: tl.constexpr):
+                          eps, NG, G, C, Cg, HW, PRESERVE: tl.constexpr, HAS_UX: tl.constexpr,
+                          GPP: tl.constexpr, CGB: tl.constexpr, BLOCK: tl.constexpr):
     """g_dy = out_dot (stored); R1 = sum Gx xc, R2 = sum gh xc_dot, R3 = sum Gx per group; with
     Q_nc = sum_hw (g_a xhat + da xhat_dot) and P_nc = sum_hw da xhat per channel,
     ggain_nc = w_c Q_nc + uw_c P_nc and gwn_nc = gain_nc Q_nc + ugain_nc P_nc (gw = sum_n gwn)."""
-    pid = tl.program_id(0)
-    n = pid // (C // Cg)
-    m = tl.load(m_ptr + pid)
-    s = _scale(tl.load(v_ptr + pid), tl.load(vbar_ptr + n), eps, PRESERVE)
-    umean = tl.load(U1_ptr + pid) / (Cg * HW)
-    s_dot = tl.load(sdot_ptr + pid)
-    offs = tl.arange(0, BLOCK)
-    R1 = 0.0
-    R2 = 0.0
-    R3 = 0.0
-    for c in range(Cg):
-        row = pid * Cg + c
-        w = tl.load(w_ptr + row - n * C).to(tl.float32)
-        uw = tl.load(uw_ptr + row - n * C).to(tl.float32)
-        gn = tl.load(gain_ptr + row).to(tl.float32)
-        ugn = tl.load(ugain_ptr + row).to(tl.float32)
-        wg = w * gn
-        ug = uw * gn + w * ugn
-        base = row.to(tl.int64) * HW
-        acc_r1 = tl.zeros([BLOCK], dtype=tl.float32)
-        acc_r2 = tl.zeros([BLOCK], dtype=tl.float32)
-        acc_r3 = tl.zeros([BLOCK], dtype=tl.float32)
-        acc_q = tl.zeros([BLOCK], dtype=tl.float32)
-        acc_p = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, HW, BLOCK):
-            mask = start + offs < HW
-            x = tl.load(x_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_UX:
-                ux = tl.load(ux_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            else:
-                ux = tl.zeros([BLOCK], dtype=tl.float32)
-            xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_terms(dy, x, ux, m, s, umean, s_dot, wg, ug)
-            tl.store(gdy_ptr + base + start + offs, out_dot, mask=mask)
-            acc_r1 += Gx * xc                                          # Gx, da, g_a are 0 where masked
-            acc_r2 += da * xc_dot
-            acc_r3 += Gx
-            acc_q += g_a * xhat + da * xhat_dot
-            acc_p += da * xhat
-        R1 += tl.sum(acc_r1, axis=0)
-        R2 += wg * tl.sum(acc_r2, axis=0)
-        R3 += tl.sum(acc_r3, axis=0)
-        Q = tl.sum(acc_q, axis=0)
-        P = tl.sum(acc_p, axis=0)
-        tl.store(ggain_ptr + row, w * Q + uw * P)
-        tl.store(gwn_ptr + row, gn * Q + ugn * P)
-    tl.store(R1_ptr + pid, R1)
-    tl.store(R2_ptr + pid, R2)
-    tl.store(R3_ptr + pid, R3)
+    grp, gmask, row, rmask = _tile(tl.program_id(0), NG, Cg, GPP, CGB)
+    m, s = _group_stats(grp, gmask, m_ptr, v_ptr, vbar_ptr, G, eps, PRESERVE)
+    w, gn, wg, ug, umean, s_dot = _double_params(grp, gmask, row, rmask, w_ptr, gain_ptr, uw_ptr, ugain_ptr,
+                                                 U1_ptr, sdot_ptr, C, Cg * HW)
+    r1 = tl.zeros([GPP, CGB], dtype=tl.float32)
+    r2 = tl.zeros([GPP, CGB], dtype=tl.float32)
+    r3 = tl.zeros([GPP, CGB], dtype=tl.float32)
+    Q = tl.zeros([GPP, CGB], dtype=tl.float32)
+    P = tl.zeros([GPP, CGB], dtype=tl.float32)
+    for start in range(0, HW, BLOCK):
+        offs, mask = _chunk(row, rmask, start, HW, BLOCK)
+        if HAS_UX:
+            ux = _load_rows(ux_ptr, offs, mask)
+        else:
+            ux = tl.zeros([GPP, CGB, BLOCK], dtype=tl.float32)
+        xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_terms(
+            _load_rows(dy_ptr, offs, mask), _load_rows(x_ptr, offs, mask), ux, m[:, None, None], s[:, None, None],
+            umean[:, None, None], s_dot[:, None, None], wg[:, :, None], ug[:, :, None])
+        tl.store(gdy_ptr + offs, out_dot, mask=mask)
+        r1 += tl.sum(Gx * xc, axis=2)                                  # Gx, da, g_a are 0 where masked
+        r2 += tl.sum(da * xc_dot, axis=2)
+        r3 += tl.sum(Gx, axis=2)
+        Q += tl.sum(g_a * xhat + da * xhat_dot, axis=2)
+        P += tl.sum(da * xhat, axis=2)
+    uw = _load_rows(uw_ptr, row % C, rmask)
+    tl.store(ggain_ptr + row, w * Q + uw * P, mask=rmask)
+    tl.store(gwn_ptr + row, gn * Q + _load_rows(ugain_ptr, row, rmask) * P, mask=rmask)
+    tl.store(R1_ptr + grp, tl.sum(r1, axis=1), mask=gmask)
+    tl.store(R2_ptr + grp, tl.sum(wg * r2, axis=1), mask=gmask)
+    tl.store(R3_ptr + grp, tl.sum(r3, axis=1), mask=gmask)
 
 
 @triton.jit(do_not_specialize=["G"])
@@ -316,52 +311,56 @@ def _double_coef_kernel(v_ptr, vbar_ptr, A_ptr, U2_ptr, R1_ptr, R2_ptr, gvt_ptr,
     tl.store(gvt_ptr + n * G + offs, gv + gb / G, mask=mask)
 
 
-@triton.jit(do_not_specialize=["C"])
+@triton.jit(do_not_specialize=["NG", "G", "C", "Cg"])
 def _double_apply_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_ptr, m_ptr, v_ptr, vbar_ptr,
                          U1_ptr, sdot_ptr, dv_ptr, gvt_ptr, B_ptr, R3_ptr, gx_ptr,
-                         eps, C, HW, Cg, PRESERVE: tl.constexpr, HAS_UX: tl.constexpr, BLOCK: tl.constexpr):
+                         eps, NG, G, C, Cg, HW, PRESERVE: tl.constexpr, HAS_UX: tl.constexpr,
+                         GPP: tl.constexpr, CGB: tl.constexpr, BLOCK: tl.constexpr):
     """gx = s (Gx - R3 / K) + s_dot (gh - B / K) + (2 dv / K) xc_dot + (2 gvt / K) xc."""
-    pid = tl.program_id(0)
-    n = pid // (C // Cg)
+    grp, gmask, row, rmask = _tile(tl.program_id(0), NG, Cg, GPP, CGB)
     K = Cg * HW
-    m = tl.load(m_ptr + pid)
-    s = _scale(tl.load(v_ptr + pid), tl.load(vbar_ptr + n), eps, PRESERVE)
-    umean = tl.load(U1_ptr + pid) / K
-    s_dot = tl.load(sdot_ptr + pid)
-    c1 = 2 * tl.load(dv_ptr + pid) / K
-    c2 = 2 * tl.load(gvt_ptr + pid) / K
-    mean_gh = tl.load(B_ptr + pid) / K
-    mean_Gx = tl.load(R3_ptr + pid) / K
-    offs = tl.arange(0, BLOCK)
-    for c in range(Cg):
-        row = pid * Cg + c
-        w = tl.load(w_ptr + row - n * C).to(tl.float32)
-        gn = tl.load(gain_ptr + row).to(tl.float32)
-        wg = w * gn
-        ug = tl.load(uw_ptr + row - n * C).to(tl.float32) * gn + w * tl.load(ugain_ptr + row).to(tl.float32)
-        base = row.to(tl.int64) * HW
-        for start in range(0, HW, BLOCK):
-            mask = start + offs < HW
-            x = tl.load(x_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_UX:
-                ux = tl.load(ux_ptr + base + start + offs, mask=mask, other=0.0).to(tl.float32)
-            else:
-                ux = tl.zeros([BLOCK], dtype=tl.float32)
-            xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_terms(dy, x, ux, m, s, umean, s_dot, wg, ug)
-            gx = s * (Gx - mean_Gx) + s_dot * (wg * da - mean_gh) + c1 * xc_dot + c2 * xc
-            tl.store(gx_ptr + base + start + offs, gx, mask=mask)
+    m, s = _group_stats(grp, gmask, m_ptr, v_ptr, vbar_ptr, G, eps, PRESERVE)
+    w, gn, wg, ug, umean, s_dot = _double_params(grp, gmask, row, rmask, w_ptr, gain_ptr, uw_ptr, ugain_ptr,
+                                                 U1_ptr, sdot_ptr, C, K)
+    c1 = 2 * tl.load(dv_ptr + grp, mask=gmask, other=0.0) / K
+    c2 = 2 * tl.load(gvt_ptr + grp, mask=gmask, other=0.0) / K
+    mean_gh = tl.load(B_ptr + grp, mask=gmask, other=0.0) / K
+    mean_Gx = tl.load(R3_ptr + grp, mask=gmask, other=0.0) / K
+    for start in range(0, HW, BLOCK):
+        offs, mask = _chunk(row, rmask, start, HW, BLOCK)
+        if HAS_UX:
+            ux = _load_rows(ux_ptr, offs, mask)
+        else:
+            ux = tl.zeros([GPP, CGB, BLOCK], dtype=tl.float32)
+        xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_terms(
+            _load_rows(dy_ptr, offs, mask), _load_rows(x_ptr, offs, mask), ux, m[:, None, None], s[:, None, None],
+            umean[:, None, None], s_dot[:, None, None], wg[:, :, None], ug[:, :, None])
+        gx = (s[:, None, None] * (Gx - mean_Gx[:, None, None])
+              + s_dot[:, None, None] * (wg[:, :, None] * da - mean_gh[:, None, None])
+              + c1[:, None, None] * xc_dot + c2[:, None, None] * xc)
+        tl.store(gx_ptr + offs, gx, mask=mask)
 
 
 # ---- host side ------------------------------------------------------------------------------------
 
+TILE = 1024                                  # values per program and chunk: 4 per thread with 8 warps
+NUM_WARPS = 8                                # 4 warps need ~2x the registers (254 in the double backward at 8x8)
+
+
 def _sizes(x, groups):
-    """(N, C, HW, Cg, BLOCK over HW, BLOCK over a group, BLOCK over the groups of a sample).
-    Blocks are at least 128 (the lanes of 4 warps) and 32: fewer compiled variants, no cost."""
+    """Launch geometry: a program covers GPP groups x CGB channel slots x BLOCK positions
+    (<= TILE unless a group has more than TILE / 16 channels); BLOCK_G covers a sample's groups."""
     N, C, H, W = x.shape
     HW, Cg = H * W, C // groups
-    block = lambda n: min(1024, max(128, triton.next_power_of_2(n)))
-    return N, C, HW, Cg, block(HW), block(Cg * HW), max(32, triton.next_power_of_2(groups))
+    CGB = triton.next_power_of_2(Cg)
+    BLOCK = max(16, min(triton.next_power_of_2(HW), TILE // CGB))
+    GPP = max(1, TILE // (CGB * BLOCK))
+    sizes = dict(NG=N * groups, Cg=Cg, HW=HW, GPP=GPP, CGB=CGB, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return sizes, (triton.cdiv(N * groups, GPP),)
+
+
+def _block_g(groups):
+    return max(32, triton.next_power_of_2(groups))
 
 
 class GNSiLU(torch.autograd.Function):
@@ -369,14 +368,14 @@ class GNSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, gain, groups, eps, preserve_scale):
         x, weight, gain = x.contiguous(), weight.contiguous(), gain.contiguous()
-        N, C, HW, Cg, BLOCK, BLOCK_K, _ = _sizes(x, groups)
+        N, C = x.shape[:2]
+        sz, grid = _sizes(x, groups)
         m = torch.empty(N, groups, device=x.device, dtype=torch.float32)
         v = torch.empty_like(m)
-        _stats_kernel[(N * groups,)](x, m, v, Cg * HW, BLOCK=BLOCK_K)
+        _stats_kernel[grid](x, m, v, **sz)
         vbar = v.mean(dim=1)                                           # (N,)
         out = torch.empty_like(x)
-        _forward_kernel[(N * groups,)](x, weight, gain, m, v, vbar, out, eps, C, HW, Cg,
-                                       PRESERVE=preserve_scale, BLOCK=BLOCK)
+        _forward_kernel[grid](x, weight, gain, m, v, vbar, out, eps, G=groups, C=C, PRESERVE=preserve_scale, **sz)
         ctx.save_for_backward(x, weight, gain, m, v, vbar)
         ctx.args = (groups, eps, preserve_scale)
         return out
@@ -392,16 +391,17 @@ class GNSiLUBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dy, x, weight, gain, m, v, vbar, groups, eps, preserve_scale):
         dy = dy.contiguous()
-        N, C, HW, Cg, BLOCK, _, BLOCK_G = _sizes(x, groups)
+        N, C = x.shape[:2]
+        sz, grid = _sizes(x, groups)
         A, B, dv = torch.empty_like(m), torch.empty_like(m), torch.empty_like(m)
         dgain = torch.empty_like(gain)
         dwn = torch.empty(N, C, device=x.device, dtype=torch.float32)
-        _backward_reduce_kernel[(N * groups,)](dy, x, weight, gain, m, v, vbar, A, B, dgain, dwn, eps, C, HW, Cg,
-                                               PRESERVE=preserve_scale, BLOCK=BLOCK)
-        _backward_coef_kernel[(N,)](v, vbar, A, dv, eps, groups, PRESERVE=preserve_scale, BLOCK_G=BLOCK_G)
+        _backward_reduce_kernel[grid](dy, x, weight, gain, m, v, vbar, A, B, dgain, dwn, eps,
+                                      G=groups, C=C, PRESERVE=preserve_scale, **sz)
+        _backward_coef_kernel[(N,)](v, vbar, A, dv, eps, groups, PRESERVE=preserve_scale, BLOCK_G=_block_g(groups))
         dx = torch.empty_like(x)
-        _backward_apply_kernel[(N * groups,)](dy, x, weight, gain, m, v, vbar, dv, B, dx, eps, C, HW, Cg,
-                                              PRESERVE=preserve_scale, BLOCK=BLOCK)
+        _backward_apply_kernel[grid](dy, x, weight, gain, m, v, vbar, dv, B, dx, eps,
+                                     G=groups, C=C, PRESERVE=preserve_scale, **sz)
         ctx.save_for_backward(dy, x, weight, gain, m, v, vbar, A, B, dv)
         ctx.args = (groups, eps, preserve_scale)
         ctx.set_materialize_grads(False)
@@ -414,16 +414,17 @@ class GNSiLUBackward(torch.autograd.Function):
             return (None,) * 10
         dy, x, weight, gain, m, v, vbar, A, B, dv = ctx.saved_tensors
         groups, eps, preserve_scale = ctx.args
-        N, C, HW, Cg, BLOCK, BLOCK_K, BLOCK_G = _sizes(x, groups)
-        K = Cg * HW
+        N, C = x.shape[:2]
+        sz, grid = _sizes(x, groups)
+        K = sz["Cg"] * sz["HW"]
         uw = torch.zeros_like(weight) if uw is None else uw.contiguous()
         ugain = torch.zeros_like(gain) if ugain is None else ugain.contiguous()
         has_ux = ux is not None
         if has_ux:
             ux = ux.contiguous()
             U1, U2, s_dot = torch.empty_like(m), torch.empty_like(m), torch.empty_like(m)
-            _tangent_reduce_kernel[(N * groups,)](ux, x, m, U1, U2, K, BLOCK=BLOCK_K)
-            _tangent_coef_kernel[(N,)](v, vbar, U2, s_dot, eps, groups, K, PRESERVE=preserve_scale, BLOCK_G=BLOCK_G)
+            _tangent_reduce_kernel[grid](ux, x, m, U1, U2, **sz)
+            _tangent_coef_kernel[(N,)](v, vbar, U2, s_dot, eps, groups, K, PRESERVE=preserve_scale, BLOCK_G=_block_g(groups))
         else:
             ux = x                                                     # never read when HAS_UX is False
             U1 = U2 = s_dot = torch.zeros_like(m)
@@ -431,14 +432,15 @@ class GNSiLUBackward(torch.autograd.Function):
         R1, R2, R3, gvt = (torch.empty_like(m) for _ in range(4))
         ggain = torch.empty_like(gain)
         gwn = torch.empty(N, C, device=x.device, dtype=torch.float32)
-        _double_reduce_kernel[(N * groups,)](dy, x, ux, weight, gain, uw, ugain, m, v, vbar, U1, s_dot,
-                                             g_dy, R1, R2, R3, ggain, gwn, eps, C, HW, Cg,
-                                             PRESERVE=preserve_scale, HAS_UX=has_ux, BLOCK=BLOCK)
-        _double_coef_kernel[(N,)](v, vbar, A, U2, R1, R2, gvt, eps, groups, K, PRESERVE=preserve_scale, BLOCK_G=BLOCK_G)
+        _double_reduce_kernel[grid](dy, x, ux, weight, gain, uw, ugain, m, v, vbar, U1, s_dot,
+                                    g_dy, R1, R2, R3, ggain, gwn, eps,
+                                    G=groups, C=C, PRESERVE=preserve_scale, HAS_UX=has_ux, **sz)
+        _double_coef_kernel[(N,)](v, vbar, A, U2, R1, R2, gvt, eps, groups, K,
+                                  PRESERVE=preserve_scale, BLOCK_G=_block_g(groups))
         gx = torch.empty_like(x)
-        _double_apply_kernel[(N * groups,)](dy, x, ux, weight, gain, uw, ugain, m, v, vbar, U1, s_dot,
-                                            dv, gvt, B, R3, gx, eps, C, HW, Cg,
-                                            PRESERVE=preserve_scale, HAS_UX=has_ux, BLOCK=BLOCK)
+        _double_apply_kernel[grid](dy, x, ux, weight, gain, uw, ugain, m, v, vbar, U1, s_dot,
+                                   dv, gvt, B, R3, gx, eps,
+                                   G=groups, C=C, PRESERVE=preserve_scale, HAS_UX=has_ux, **sz)
         return g_dy, gx, gwn.sum(dim=0).to(weight.dtype), ggain, None, None, None, None, None, None
 
 
