@@ -21,7 +21,6 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import kernels
 from kernels import derivation, group_norm_silu
 from kernels.reference import group_norm_silu_reference
 from losses import dual_score_matching
