@@ -33,6 +33,7 @@ from eval import log_norm_const, nll_bits_per_dim, noisy_energies
 from losses import denoiser_score_matching, dual_score_matching
 from model import UNetConfig, build_model, count_parameters
 
+t_start = time.time()
 # ----------------------------------------------------------------------------- config
 # defaults: the paper's colour ImageNet64 run (SPEC 3)
 data_dir = "data/imagenet64"      # folder with train.npy and val.npy, (N, H, W, C) uint8 or float32
@@ -64,6 +65,8 @@ PRESETS = {
     "cpu": dict(                  # ~10 min on one CPU core: grayscale 32x32 patches of photographs
         data_dir="data/patches", out_dir="out/patches", device="cpu",
         base_width=16, num_scales=2, layers_per_block=2, emb_dim=64,
+        # the paper's conditioning learns next to nothing in 600 steps: model.py's options (README normalization)
+        t_embedding="log", scale_energy=True, analytic_term=True, data_var=0.04,  # 0.04: pixel variance of the patches
         batch_size=32, max_steps=600, lr=1e-3, lr_halve_every=200,
         log_interval=25, eval_interval=300, eval_images=256, ckpt_interval=100),
 }
@@ -205,11 +208,11 @@ def save_checkpoint():
 
 
 def log(record, line):
-    """rank 0: print a line and append a JSON record to out_dir/log.jsonl."""
+    """rank 0: print a line and append a JSON record (with seconds since this process started) to out_dir/log.jsonl."""
     if master:
         print(line, flush=True)
         with open(os.path.join(out_dir, "log.jsonl"), "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps({**record, "elapsed_s": round(time.time() - t_start, 3)}) + "\n")
 
 
 # ----------------------------------------------------------------------------- randomness and batches
@@ -251,31 +254,34 @@ EVAL_PSNR = list(range(-30, 91, 15))                                    # input 
 
 
 def evaluate():
-    """Loss terms at fixed noise levels and NLL (bits/dim) on the first eval_images validation images.
+    """Loss terms and denoised PSNR (mean over images, peak 1) at fixed noise levels, and the NLL
+    (bits/dim, constant c from t = eval_t_max), on the first eval_images validation images.
 
     Validation batches of the micro-batch size go round-robin to the ranks, each with noise that is
     the same at every evaluation; the sums are all-reduced over the ranks.
     """
-    n_eval, B = min(eval_images, len(val_data)), chunk_size
-    # sums[0]: images; sums[1 + 2l], sums[2 + 2l]: space and time at level l; then U(x, 0) and U(y, t_max)
-    sums = torch.zeros(3 + 2 * len(EVAL_PSNR), dtype=torch.float64, device=device)
+    n_eval, B, L = min(eval_images, len(val_data)), chunk_size, len(EVAL_PSNR)
+    # sums: images; per level l: space, time and output PSNR at 1 + 3l ...; U(x, 0) and U(y, t_max) at -2, -1
+    sums = torch.zeros(3 + 3 * L, dtype=torch.float64, device=device)
     for j in range(rank, math.ceil(n_eval / B), world_size):
         x = to_tensor(np.array(val_data[j * B:min((j + 1) * B, n_eval)]), device)  # (B, C, H, W)
         g = generator(1, j)
         sums[0] += x.shape[0]
         for l, psnr in enumerate(EVAL_PSNR):
             t = torch.full((x.shape[0],), 10.0 ** (-psnr / 10), device=device)
-            terms = loss_terms(net, x, g, t)
-            sums[1 + 2 * l] += terms["space"].detach().sum().double()
-            sums[2 + 2 * l] += terms["time"].detach().sum().double() if "time" in terms else 0.0
+            terms = {k: v.detach().double() for k, v in loss_terms(net, x, g, t).items()}
+            mse = terms["space"] * t.double()                          # mean (x_hat - x)^2 per image
+            sums[1 + 3 * l] += terms["space"].sum()
+            sums[2 + 3 * l] += terms["time"].sum() if "time" in terms else 0.0
+            sums[3 + 3 * l] += (-10 * torch.log10(mse.clamp_min(1e-30))).sum()
         if kind == "energy":
             sums[-2] += noisy_energies(raw_model, x, 0.0).sum().double()
             sums[-1] += noisy_energies(raw_model, x, eval_t_max, g).sum().double()
     if ddp:
         dist.all_reduce(sums)
     mean = (sums[1:] / sums[0]).tolist()
-    levels = [{"psnr_in": psnr, "space": mean[2 * l], "psnr_out": -10 * math.log10(max(mean[2 * l] * 10.0 ** (-psnr / 10), 1e-30)),
-               **({"time": mean[2 * l + 1]} if kind == "energy" else {})} for l, psnr in enumerate(EVAL_PSNR)]
+    levels = [{"psnr_in": psnr, "space": mean[3 * l], **({"time": mean[3 * l + 1]} if kind == "energy" else {}),
+               "psnr_out": mean[3 * l + 2]} for l, psnr in enumerate(EVAL_PSNR)]
     out = {"n_images": int(sums[0]), "levels": levels}
     if kind == "energy":
         c = log_norm_const(mean[-1], d, eval_t_max)
