@@ -33,7 +33,6 @@ from eval import log_norm_const, nll_bits_per_dim, noisy_energies
 from losses import denoiser_score_matching, dual_score_matching
 from model import UNetConfig, build_model, count_parameters
 
-t_start = time.time()
 # ----------------------------------------------------------------------------- config
 # defaults: the paper's colour ImageNet64 run (SPEC 3)
 data_dir = "data/imagenet64"      # folder with train.npy and val.npy, (N, H, W, C) uint8 or float32
@@ -99,6 +98,8 @@ def parse_config(argv, config, types):
     """Apply --preset=NAME, then every other --key=value of argv, to config (in place)."""
     pairs = []
     for arg in argv:
+        if arg in ("-h", "--help"):
+            sys.exit(print(__doc__ + "\nkeys and defaults:\n" + "\n".join(f"  --{k}={v}" for k, v in config.items())))
         if not arg.startswith("--") or "=" not in arg:
             raise ValueError(f"argument {arg!r} is not of the form --key=value")
         key, text = arg[2:].split("=", 1)
@@ -123,6 +124,7 @@ try:
 except ValueError as e:
     sys.exit(f"train.py: {e}")
 globals().update(config)
+t_start = time.time()
 
 # ----------------------------------------------------------------------------- data and checks
 try:
@@ -170,8 +172,6 @@ torch.backends.cudnn.allow_tf32 = False
 # ----------------------------------------------------------------------------- model, optimizer, resume
 torch.manual_seed(seed)
 raw_model = build_model(kind, model_config).to(device)
-net = raw_model if kind == "energy" else raw_model.unet                # forward = U(y, t), or f(y, t)
-model = DDP(net) if ddp else net
 optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2))
 ema = [p.detach().clone() for p in raw_model.parameters()] if ema_halflife_images else None
 ckpt_path, prev_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "ckpt_prev.pt")
@@ -184,7 +184,8 @@ if resume_path:
     except Exception as e:
         sys.exit(f"train.py: checkpoint {resume_path} is corrupt ({type(e).__name__}: {e}); move it away "
                  f"(the one before it is {prev_path}: rename it to ckpt.pt to resume from it) or use another out_dir")
-    if ckpt_kind != kind or ckpt_model_config != model_config:
+    structure = lambda cfg: {k: v for k, v in cfg.items() if k != "kernel_impl"}   # the kernel path may change
+    if ckpt_kind != kind or structure(ckpt_model_config) != structure(model_config):
         sys.exit(f"train.py: {resume_path} holds a {ckpt_kind!r} model {ckpt_model_config}, not the configured "
                  f"{kind!r} model {model_config}; use another out_dir")
     raw_model.load_state_dict(ckpt["model"])
@@ -193,6 +194,8 @@ if resume_path:
         ema = [ckpt["ema"][n].to(device) for n, _ in raw_model.named_parameters()] if "ema" in ckpt else ema
     step = ckpt["step"]
     del ckpt
+net = raw_model if kind == "energy" else raw_model.unet                # forward = U(y, t), or f(y, t)
+model = DDP(net) if ddp else net                                        # DDP: gradients averaged over ranks
 
 
 def save_checkpoint():
@@ -330,8 +333,9 @@ while step < max_steps:
     if not (torch.isfinite(sums).all() and torch.isfinite(grad_norm)):
         log({"step": step + 1, "error": "non-finite loss or gradient"},
             f"step {step + 1}: mean loss {sums[1].item() / batch_size} or grad norm {grad_norm.item()} is not "
-            f"finite; stopping before the update and without a checkpoint (the last good one is {ckpt_path}); "
-            f"lower --lr, or resume from it with another --seed")
+            f"finite; stopping before the update and without a checkpoint"
+            + (f" (the last good one is {ckpt_path}); lower --lr, or resume from it with another --seed"
+               if os.path.exists(ckpt_path) else "; lower --lr"))
         failed = True
         break
     optimizer.step()
