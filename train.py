@@ -4,7 +4,7 @@
     python train.py --preset=cpu                         # small grayscale model on data/patches, ~10 min on a CPU
     torchrun --standalone --nproc_per_node=8 train.py    # the same run on 8 GPUs (DDP, NCCL)
     torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --master_port=29500 --nproc_per_node=8 train.py
-    torchrun --standalone --nproc_per_node=2 train.py --preset=cpu --device=cpu   # DDP on CPU (gloo)
+    torchrun --standalone --nproc_per_node=2 train.py --preset=cpu   # DDP on CPU (gloo)
 
 Overrides are typed `--key=value` (unknown keys and bad values are errors); every UNetConfig field
 of model.py is a key too (--base_width=32 --groups=None ...). Prepare data first with
