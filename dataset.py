@@ -28,6 +28,6 @@ def load_split(data_dir, split):
 
 def to_tensor(batch, device="cpu"):
     """(B, H, W, C) uint8 or float32 numpy -> (B, C, H, W) float32 tensor; uint8 is divided by 255."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+    x = torch.from_numpy(np.array(batch, copy=True)).to(device)      # a writable copy of the (memmap) slice
     x = x.permute(0, 3, 1, 2).float()                                  # (B, C, H, W)
     return x / 255.0 if batch.dtype == np.uint8 else x
