@@ -236,8 +236,8 @@ def make_figure(path, r, curves, data_r, sigmas):
     ax.set_ylabel("log p(x) [dB/dim]")
     ax.set_title("log density (histogram: data radii)")
     ax.legend(fontsize=7)
-    lo = min(float(curves["truth"][0][(r >= 0.5)].min()), float(curves["dual"][0][(r >= 0.5)].min()))
-    ax.set_ylim(lo - 5, float(curves["truth"][0].max()) + 5)
+    lo = min(float(curves[name][0][r >= 0.5].min()) for name in styles)
+    ax.set_ylim(lo - 2, max(float(curves[name][0].max()) for name in styles) + 2)
     ax = axes[1]
     for name in ("truth", "single", "dual"):
         color, ls, label = styles[name]
