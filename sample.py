@@ -105,6 +105,7 @@ def main(argv):
         seed=0,                  # first sample seed
         n_steps=256,             # reverse diffusion steps, geometric in t
         t_max=1e3,               # starting noise variance
+        const_t=1e3,             # noise variance of the constant c (SPEC 5), whatever t_max is
         t_min=1e-4,              # last noise variance (PSNR 40 dB), then one denoising step
         prior_mean=0.5,          # mean of the starting Gaussian (pixels are in [0, 1])
         mala_steps=0,            # Metropolis-adjusted Langevin steps after each step; 0 = none
@@ -164,7 +165,7 @@ def main(argv):
         const_images = np.full((256, size, size, C), config["prior_mean"], dtype=np.float32)
         const_from = f"256 constant images at prior_mean={config['prior_mean']}"
     gen = torch.Generator(device).manual_seed(config["seed"])
-    c, c_se = estimate_log_norm_const(model, const_images, config["t_max"], config["const_draws"],
+    c, c_se = estimate_log_norm_const(model, const_images, config["const_t"], config["const_draws"],
                                       config["batch_size"], device, gen)
     with torch.no_grad():
         U0 = torch.cat([model(xb.to(device), torch.zeros(xb.shape[0], device=device)).double().cpu()
