@@ -15,7 +15,6 @@ For Fig. 2, `subsets` writes DIR_first{N}/ and DIR_last{N}/ (the first and last 
 val.npy linked), to train one model on each with `python train.py --data_dir=DIR_first{N} ...`.
 """
 import json
-import math
 import os
 import sys
 
