@@ -137,27 +137,31 @@ def logp_and_deff(energy_fn, x, t, c, n_draws=1, generator=None):
     return logp, deff
 
 
-def ode_nll(energy_fn, x, prior_mean, t_min=1e-9, t_max=1e3, n_steps=16, generator=None):
+def ode_nll(energy_fn, x, prior_mean, t_min=1e-9, t_max=1e3, n_steps=16, n_probes=1, generator=None):
     """-log p(x) in nats per image (B,) from the probability-flow ODE of the same score, and the
-    number of network evaluations (each a forward, a gradient and a Hessian-vector product).
+    number of network evaluations (each a forward, a gradient and n_probes Hessian-vector products).
 
     For y = x + sqrt(t) z the flow is dy/dt = 0.5 grad_y U(y, t) and
         log p(x) = log N(y(t_max); prior_mean, t_max I) + int 0.5 Laplacian_y U(y(t), t) dt,
     integrated from t_min to t_max in s = log t (dy/ds = t dy/dt) by the classical 4th-order
     Runge-Kutta method on n_steps equal steps (Heun's 2nd order needs ~10x the steps for the same
-    error); the Laplacian by Hutchinson's estimator eps^T (Hessian eps), one Rademacher eps per
-    image held fixed along the path. The prior is the Gaussian the constant c also assumes.
+    error); the Laplacian by Hutchinson's estimator eps^T (Hessian eps), averaged over n_probes
+    Rademacher eps per image held fixed along the path. The prior is the Gaussian the constant c
+    also assumes.
     """
-    eps = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+    eps = torch.randint(0, 2, (n_probes, *x.shape), generator=generator, device=x.device).to(x.dtype) * 2 - 1
 
     def rates(s, y):                                   # (dy/ds, d(log p(x) - log prior)/ds)
         t = math.exp(s)
         y = y.detach().requires_grad_(True)
         tt = torch.full((y.shape[0],), t, device=y.device, dtype=y.dtype)
+        laplacian = 0.0
         with torch.enable_grad():
             grad_y, = torch.autograd.grad(energy_fn(y, tt).sum(), y, create_graph=True)
-            hvp, = torch.autograd.grad((grad_y * eps).sum(), y)
-        return 0.5 * t * grad_y.detach(), 0.5 * t * (hvp * eps).flatten(1).sum(dim=1).double()
+            for k, e in enumerate(eps):
+                hvp, = torch.autograd.grad((grad_y * e).sum(), y, retain_graph=k < n_probes - 1)
+                laplacian = laplacian + (hvp * e).flatten(1).sum(dim=1).double() / n_probes
+        return 0.5 * t * grad_y.detach(), 0.5 * t * laplacian
 
     s = np.linspace(math.log(t_min), math.log(t_max), n_steps + 1)
     y, gain = x.clone(), torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
@@ -255,6 +259,7 @@ def main(argv):
         psnr_images=-1,          # images for the PSNR table (first of the split); -1 = max_images, 0 = skip
         ode_images=0,            # images for the probability-flow ODE check; 0 = skip
         ode_steps=16,            # Runge-Kutta 4 steps of the ODE (4 network evaluations each)
+        ode_probes=1,            # Hutchinson probes per image (each one more Hessian-vector product)
         ode_t_min=1e-9,          # the ODE starts at this noise variance
         batch_size=256,          # images per forward pass
         device="auto",           # "auto" = cuda if available, else cpu
@@ -296,7 +301,8 @@ def main(argv):
         x_ode = images[:config["ode_images"]]
         prior_mean = to_tensor(np.asarray(const_images[:4096]), "cpu").mean(dim=0).to(device)   # (C, H, W)
         t0 = time.time()
-        ode = torch.cat([ode_nll(model, x, prior_mean, config["ode_t_min"], config["t_max"], config["ode_steps"], gen)[0].cpu()
+        ode = torch.cat([ode_nll(model, x, prior_mean, config["ode_t_min"], config["t_max"], config["ode_steps"],
+                                 config["ode_probes"], gen)[0].cpu()
                          for x in batches(x_ode, bs, device)]).numpy()
         ode_s = time.time() - t0
         to_bpd = 1 / (d * math.log(2))
@@ -306,7 +312,7 @@ def main(argv):
         results["ode"] = dict(nll_bpd=m + (8.0 if quantized else 0.0), nll_bpd_stderr=se,
                               onepass_nll_bpd=float(-logp[:len(x_ode)].mean() * to_bpd + (8.0 if quantized else 0.0)),
                               minus_onepass_bpd=dm, minus_onepass_bpd_stderr=dse, n_images=len(x_ode),
-                              nfe_per_image=4 * config["ode_steps"], t_min=config["ode_t_min"],
+                              nfe_per_image=4 * config["ode_steps"], probes=config["ode_probes"], t_min=config["ode_t_min"],
                               seconds=ode_s, time_ratio=ode_s / (onepass_s * len(x_ode) / len(images)))
 
     out = config["out"] or os.path.dirname(os.path.abspath(config["ckpt"]))

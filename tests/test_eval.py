@@ -118,6 +118,9 @@ def test_ode_nll_agrees_with_one_pass_nll():
     assert nfe == 64
     assert se > 0.01                                     # the Hutchinson noise is really there
     assert abs(m) < 4 * se + 0.2, (m, se)           # + RK4's bias at 16 steps, ~0.15 nats
+    ode8, _ = ev.ode_nll(U, x, U.mu.float().view(1, 4, 4), n_steps=16, n_probes=8, generator=gen)
+    m8, se8 = ev.mean_and_stderr((ode8 - one_pass).numpy())
+    assert se8 < 0.6 * se and abs(m8) < 4 * se8 + 0.05, (m8, se8, se)  # 8 probes: ~1/sqrt(8) of the noise
 
 
 def test_parse_overrides():
@@ -160,7 +163,7 @@ def tiny(tmp_path_factory):
 def test_eval_command(tiny, capsys):
     out = tiny["root"] / "eval"
     r = ev.main([f"--ckpt={tiny['energy']}", f"--data_dir={tiny['data']}", "--max_images=8", "--n_draws=2",
-                 f"--denoiser_ckpt={tiny['denoiser']}", "--ode_images=2", "--ode_steps=2", "--device=cpu",
+                 f"--denoiser_ckpt={tiny['denoiser']}", "--ode_images=2", "--ode_steps=2", "--ode_probes=2", "--device=cpu",
                  f"--out={out}"])
     saved = json.loads((out / "results.json").read_text())
     for key in ("nll_bpd", "nll_bpd_stderr", "log_norm_const", "log_norm_const_stderr", "d", "n_images", "n_draws"):
