@@ -111,7 +111,7 @@ def main(argv):
         mala_steps=0,            # Metropolis-adjusted Langevin steps after each step; 0 = none
         mala_step=0.05,          # MALA step size h relative to t (proposal variance 2h)
         image_size=0,            # H = W of the samples; 0 = the training images' size
-        data_dir="",             # optional: the constant c from this dataset's val split instead of the samples
+        data_dir="",             # optional: c from this dataset's val split, not from gray images
         const_draws=4,           # noise draws per image for the constant
         batch_size=64,           # samples per batch and rank
         device="auto",           # "auto" = cuda if available, else cpu
