@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every command behind the README "results" section, in the order they were run. From the repo root:
+#     bash results/cpu/run.sh              # all of it, one run after the other (~2-3 h on one free core)
+# Runs go to $R (checkpoints, never committed); the small result files are copied to results/cpu/.
+# During the session the trainings ran two at a time (`nohup ... &`) on a shared 2-core machine.
+set -euo pipefail
+export OMP_NUM_THREADS=1
+R=${R:-/tmp/results_runs}
+mkdir -p "$R" results/cpu/patches results/cpu/grf results/cpu/strong_gen
+
+# ----------------------------------------------------------------------------- 1. real images: data/patches
+python data/patches/prepare.py                                   # skip if data/patches/*.npy exist
+python baseline.py --data_dir=data/patches --out=results/cpu/patches
+python train.py --preset=cpu --out_dir=$R/patches_dual
+python train.py --preset=cpu --time_weight=0 --out_dir=$R/patches_single
+python train.py --preset=cpu --kind=denoiser --out_dir=$R/patches_denoiser
+# the preset's 600 steps do not beat the Gaussian baseline: continue the dual run to 1500 steps
+# (lr_halve_every=300 keeps the lr of steps 400-600, 2.5e-4, for steps 600-900, then halves it)
+cp -r $R/patches_dual $R/patches_dual_long
+python train.py --preset=cpu --max_steps=1500 --lr_halve_every=300 --out_dir=$R/patches_dual_long
+python eval.py --ckpt=$R/patches_dual/ckpt.pt --data_dir=data/patches --psnr_images=512 \
+    --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_dual
+python eval.py --ckpt=$R/patches_single/ckpt.pt --data_dir=data/patches --psnr_images=512 \
+    --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_single
+python eval.py --ckpt=$R/patches_dual_long/ckpt.pt --data_dir=data/patches --psnr_images=512 \
+    --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_dual_long
+for run in patches_dual patches_single patches_denoiser patches_dual_long; do
+    mkdir -p results/cpu/patches/$run && cp $R/$run/log.jsonl results/cpu/patches/$run/
+    [ -f $R/$run/results.json ] && cp $R/$run/results.json results/cpu/patches/$run/
+done
+
+# ----------------------------------------------------------------------------- 2. analytic truth: data/grf (16x16 GRF)
+# the normalization study (README "normalization") had not concluded: the CPU preset's conditioning
+# options, with data_var = 0.15^2 (the GRF's pixel variance)
+python data/grf/prepare.py
+python baseline.py --data_dir=data/grf --out=results/cpu/grf && cp data/grf/meta.json results/cpu/grf/
+GRF="--preset=cpu --data_dir=data/grf --data_var=0.0225 --max_steps=1200 --lr_halve_every=400 --eval_interval=200 --eval_images=256 --ckpt_interval=200"
+python train.py $GRF --out_dir=$R/grf_dual
+python train.py $GRF --time_weight=0 --out_dir=$R/grf_single
+for run in grf_dual grf_single; do
+    python eval.py --ckpt=$R/$run/ckpt.pt --data_dir=data/grf --psnr_images=0 --n_draws=4 --out=$R/$run
+    mkdir -p results/cpu/grf/$run && cp $R/$run/log.jsonl $R/$run/results.json results/cpu/grf/$run/
+done
+
+# ----------------------------------------------------------------------------- 3. strong generalization (Fig. 2 analog)
+for N in 100 10000; do
+    python figures.py subsets --data_dir=data/patches --n_train=$N --out_prefix=/tmp/sg/patches
+    for half in first last; do
+        python train.py --preset=cpu --max_steps=200 --lr_halve_every=100 --eval_interval=200 \
+            --data_dir=/tmp/sg/patches_$half$N --out_dir=$R/sg_$half$N
+    done
+    python figures.py fig2 --ckpt_a=$R/sg_first$N/ckpt.pt --ckpt_b=$R/sg_last$N/ckpt.pt --data_dir=data/patches \
+        --n_train=$N --max_images=1000 --const_images=2048 --out=results/cpu/strong_gen/N$N
+done
+
+# ----------------------------------------------------------------------------- 4. tables and figures of the README
+python results/cpu/report.py
