@@ -116,7 +116,8 @@ class RadialEnergy(nn.Module):
 def train(model, x_data, cfg, time_weight, name):
     """Adam on the batch mean of losses.dual_score_matching(time_weight); t log-uniform.
     lr schedule "halving": lr / 2 every lr_halving steps (paper); "linear": constant for the first
-    half, then linearly to 0 at the last step."""
+    half, then linearly to 0 at the last step. The time term's weight ramps linearly from 0 over the
+    first time_warmup * steps steps (0: off, the paper)."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.schedule == "halving":
@@ -129,7 +130,8 @@ def train(model, x_data, cfg, time_weight, name):
             group["lr"] = lr_at(step)
         x = x_data[torch.randint(len(x_data), (cfg.batch_size,), generator=gen)]           # (B, d)
         t = losses.sample_t(cfg.batch_size, cfg.t_min, cfg.t_max, generator=gen)           # (B,)
-        out = losses.dual_score_matching(model, x, t=t, time_weight=time_weight, generator=gen)
+        ramp = min(1.0, step / (cfg.time_warmup * cfg.steps)) if cfg.time_warmup > 0 else 1.0
+        out = losses.dual_score_matching(model, x, t=t, time_weight=time_weight * ramp, generator=gen)
         opt.zero_grad(set_to_none=True)
         out["loss"].mean().backward()
         opt.step()
@@ -257,12 +259,13 @@ def make_figure(path, r, curves, data_r, sigmas):
 # ----------------------------------------------------------------------------------------------
 if __name__ == "__main__":
     RECIPES = {  # paper: SPEC 7 as written; ours: what this toy found reliable (README, section toy)
-        "paper": dict(steps=20000, lr=1e-4, schedule="halving", time_weight=1.0, precondition=0),
-        "ours": dict(steps=3000, lr=1e-3, schedule="linear", time_weight=1.0, precondition=1),
+        "paper": dict(steps=20000, lr=1e-4, schedule="halving", time_weight=1.0, precondition=0, time_warmup=0.0),
+        "ours": dict(steps=3000, lr=1e-3, schedule="linear", time_weight=1.0, precondition=1, time_warmup=0.15),
     }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--recipe", type=str, default="ours", choices=sorted(RECIPES), help="defaults of the five flags below")
+    parser.add_argument("--recipe", type=str, default="ours", choices=sorted(RECIPES), help="defaults of the six flags below")
+    parser.add_argument("--time_warmup", type=float, default=None, help="fraction of steps over which time_weight ramps up from 0")
     parser.add_argument("--precondition", type=int, default=None, choices=[0, 1], help="1: MLP outputs a_k (1 + t)")
     parser.add_argument("--schedule", type=str, default=None, choices=["halving", "linear"], help="lr schedule")
     parser.add_argument("--steps", type=int, default=None, help="training steps per method")
@@ -291,8 +294,8 @@ if __name__ == "__main__":
     if min(cfg.d, cfg.steps, cfg.batch_size, cfg.lr_halving, cfg.n_norm, cfg.log_every) < 1 or cfg.n_data < cfg.batch_size:
         raise SystemExit(f"--d, --steps, --batch_size, --lr_halving, --n_norm, --log_every must be >= 1 "
                          f"and --n_data >= --batch_size; got {vars(cfg)}")
-    if not 0 < cfg.t_min <= cfg.t_eval < cfg.t_max or cfg.time_weight <= 0 or cfg.lr <= 0:
-        raise SystemExit(f"need 0 < t_min <= t_eval < t_max, time_weight > 0 and lr > 0; got {vars(cfg)}")
+    if not 0 < cfg.t_min <= cfg.t_eval < cfg.t_max or cfg.time_weight <= 0 or cfg.lr <= 0 or not 0 <= cfg.time_warmup < 1:
+        raise SystemExit(f"need 0 < t_min <= t_eval < t_max, time_weight > 0, lr > 0 and 0 <= time_warmup < 1; got {vars(cfg)}")
     torch.set_num_threads(cfg.threads)
     d, K = cfg.d, len(sigmas)
     t_start = time.time()
