@@ -2,7 +2,7 @@
 
     python toy/gaussian_mixture.py                                  # d=1000, sigmas 1,4: our recipe
     python toy/gaussian_mixture.py --recipe=paper                   # the paper's recipe as written
-    python toy/gaussian_mixture.py --steps=500 --batch_size=128 --n_data=20000 --n_norm=5000 --out=out/toy_short
+    python toy/gaussian_mixture.py --steps=500 --batch_size=128 --time_warmup=0 --n_data=20000 --n_norm=5000 --out=out/toy_short
     python toy/gaussian_mixture.py --d=300 --sigmas=1,2,5 --weights=0.2,0.3,0.5
 
 x ~ sum_k w_k N(0, s_k^2 I_d). Its noisy density p(y, t), y = x + sqrt(t) z, is again a scale
