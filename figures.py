@@ -109,12 +109,13 @@ def as_float(images):
 
 
 # ----------------------------------------------------------------------------- figures
-def fig2(model_a, c_a, model_b, c_b, set_a, set_b, out, batch_size=256, device="cpu"):
-    """Strong generalization: log p_A(x) against log p_B(x) over both training sets (dB/dim)."""
+def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256, device="cpu"):
+    """Strong generalization: log p_A(x) against log p_B(x) over both training sets (dB/dim);
+    set_a, set_b: (the first images of) the n_train training images of each model."""
     both = np.concatenate([np.asarray(set_a), np.asarray(set_b)])
     la, lb = logp_db(model_a, both, c_a, batch_size, device), logp_db(model_b, both, c_b, batch_size, device)
     diff = la - lb
-    numbers = dict(n_a=len(set_a), n_b=len(set_b), logp_a=la.tolist(), logp_b=lb.tolist(),
+    numbers = dict(n_train=n_train, n_a=len(set_a), n_b=len(set_b), logp_a=la.tolist(), logp_b=lb.tolist(),
                    mean_abs_diff_db=float(np.abs(diff).mean()), rms_diff_db=float(np.sqrt((diff ** 2).mean())),
                    mean_diff_db=float(diff.mean()), corr=float(np.corrcoef(la, lb)[0, 1]) if len(la) > 1 else None,
                    log_norm_const_a=c_a, log_norm_const_b=c_b)
@@ -126,8 +127,8 @@ def fig2(model_a, c_a, model_b, c_b, set_a, set_b, out, batch_size=256, device="
     ax.plot(lim, lim, "k--", lw=0.8)
     ax.set_xlabel("log p_A(x) (dB/dim)")
     ax.set_ylabel("log p_B(x) (dB/dim)")
-    ax.set_title(f"N = {n}: mean |diff| {numbers['mean_abs_diff_db']:.2f}, RMS {numbers['rms_diff_db']:.2f} dB/dim",
-                 fontsize=9)
+    ax.set_title(f"N = {n_train} ({n} images of each set): mean |diff| {numbers['mean_abs_diff_db']:.2f}, "
+                 f"RMS {numbers['rms_diff_db']:.2f} dB/dim", fontsize=9)
     ax.legend(fontsize=8)
     save(fig, numbers, out, "fig2")
     return numbers
@@ -327,7 +328,7 @@ def main(argv):
         if 2 * n > len(train):
             raise ValueError(f"--n_train={n}: two disjoint sets need 2 N <= {len(train)} training images of {cfg['data_dir']}")
         k = n if cfg["max_images"] < 0 else min(n, cfg["max_images"])
-        return fig2(model, c, model_b, c_b, train[:k], train[len(train) - n:len(train) - n + k], out, bs, device)
+        return fig2(model, c, model_b, c_b, train[:k], train[len(train) - n:len(train) - n + k], n, out, bs, device)
     images, quantized = load_images(cfg["data_dir"], cfg["split"], cfg["max_images"], ckpt, ckpts[0])
     if name == "fig3":
         return fig3(model, c, images, quantized, out, cfg["n_shown"], bs, device, cfg["seed"])

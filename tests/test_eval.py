@@ -316,7 +316,7 @@ def test_figure_commands(tiny):
     assert r4["haar_levels"] == 3 and len(r4["participation_ratio"]) == 8
     assert np.isnan(np.array(r4["heatmap_db"], dtype=float)[2, 1])     # a + b > 1 is left out
     assert len(r5["mean_deff_over_d"]) == 3 and r5["t"][0] == 1e-12 and r5["t"][-1] == 1e3
-    assert len(r2["logp_a"]) == 12 and r2["rms_diff_db"] > 0
+    assert len(r2["logp_a"]) == 12 and r2["n_train"] == 6 and r2["rms_diff_db"] > 0
     # the same model on both sides: identical log p up to the two constants
     same = figures.main(["fig2", f"--ckpt_a={tiny['energy']}", f"--ckpt_b={tiny['energy']}", "--n_train=6",
                          f"--out={out}", *common])
