@@ -2,6 +2,7 @@
 
     python baseline.py --data_dir=data/patches                      # -> data_dir's baseline.json
     python baseline.py --data_dir=data/grf --out=results/cpu/grf     # float32 data: no +8 offset
+    python baseline.py --data_dir=data/patches --ckpt=out/patches/ckpt.pt   # + paired difference with a model
 
 x ~ N(mu, Sigma) with mu and Sigma the sample mean and (maximum-likelihood) covariance of the
 training images, in the same units as the models (uint8 divided by 255, float32 as is). The NLL of
@@ -13,6 +14,11 @@ reported in bits/dim with the project's convention (dataset.py): + 8 for uint8 i
 on the 256-level scale), nothing for float32 data. The energy model must beat this number. Sigma
 must be positive definite (more training images than dimensions, no constant pixel); --ridge adds a
 multiple of the identity when it is not.
+
+With --ckpt=PATH (an energy checkpoint) it also evaluates that model on the same images as eval.py
+does (constant c from the whole split, one noise draw each) and reports the paired difference
+model NLL - Gaussian NLL per image: its standard error is much smaller than either NLL's, since
+both spread alike over the images.
 """
 import json
 import math
@@ -23,7 +29,8 @@ import numpy as np
 import torch
 
 from dataset import load_split, to_tensor
-from eval import mean_and_stderr, parse_overrides
+from eval import estimate_log_norm_const, load_images, mean_and_stderr, nll, parse_overrides
+from model import load_model
 
 
 def fit_gaussian(x):
@@ -58,6 +65,7 @@ def main(argv):
         data_dir="",             # dataset folder with train.npy and val.npy (required)
         split="val",             # split on which the NLL is reported
         ridge=0.0,               # added to the diagonal of Sigma (model units squared); 0 = the plain fit
+        ckpt="",                 # optional energy checkpoint: its NLL minus the baseline's, paired per image
         out="",                  # output folder of baseline.json; "" = data_dir
     )
     config = parse_overrides(config, argv)
@@ -82,6 +90,14 @@ def main(argv):
     results = dict(nll_bpd=m + offset, nll_bpd_stderr=se, train_nll_bpd=train_nll + offset, d=d,
                    n_train=N, n_images=len(x_val), quantized=bool(quantized),
                    pixel_var=float(torch.diagonal(Sigma).mean()), config=config)
+    if config["ckpt"]:
+        model, ckpt = load_model(config["ckpt"], "cpu", kind="energy")
+        images, _ = load_images(config["data_dir"], config["split"], -1, ckpt, config["ckpt"])
+        c, c_se = estimate_log_norm_const(model, images, generator=torch.Generator().manual_seed(0))
+        model_bpd, model_se, logp = nll(model, images, c, c_se, quantized)
+        diff, diff_se = mean_and_stderr((-logp - nll_nats) * to_bpd)  # model - Gaussian, per image
+        results["model"] = dict(ckpt=config["ckpt"], step=ckpt["step"], nll_bpd=model_bpd, nll_bpd_stderr=model_se,
+                                minus_baseline_bpd=diff, minus_baseline_bpd_stderr=math.hypot(diff_se, c_se * to_bpd))
     out = config["out"] or config["data_dir"]
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "baseline.json")
@@ -91,6 +107,10 @@ def main(argv):
     print(f"Gaussian baseline (mean + full covariance of {N} training images, d = {d})")
     print(f"{config['split']} NLL = {results['nll_bpd']:.4f} +- {se:.4f} {unit} on {len(x_val)} images "
           f"(train NLL {results['train_nll_bpd']:.4f})")
+    if "model" in results:
+        r = results["model"]
+        print(f"model {r['ckpt']} (step {r['step']}): NLL {r['nll_bpd']:.4f} +- {r['nll_bpd_stderr']:.4f}; "
+              f"model - Gaussian = {r['minus_baseline_bpd']:+.4f} +- {r['minus_baseline_bpd_stderr']:.4f} bits/dim (paired)")
     print(f"wrote {path}")
     return results
 

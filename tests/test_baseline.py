@@ -71,3 +71,22 @@ def test_singular_covariance_names_the_fix(tmp_path):
     with pytest.raises(SystemExit, match="--ridge"):
         baseline.main([f"--data_dir={tmp_path}"])
     assert np.isfinite(baseline.main([f"--data_dir={tmp_path}", "--ridge=1e-3"])["nll_bpd"])
+
+
+def test_paired_difference_with_a_model(tmp_path):
+    """--ckpt: the model's NLL is eval.py's (same c), the paired difference is NLL(model) - NLL(Gaussian)."""
+    import eval as ev
+    from model import EnergyUNet, UNetConfig
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 256, size=(120, 4, 4, 1), dtype=np.uint8)
+    write_split(tmp_path, "train", a[:100])
+    write_split(tmp_path, "val", a[100:])
+    cfg = UNetConfig(channels=1, base_width=4, num_scales=1, layers_per_block=2, emb_dim=8, num_freqs=4)
+    torch.manual_seed(0)
+    torch.save(dict(model=EnergyUNet(cfg).state_dict(), model_config=cfg.to_dict(), kind="energy", config={}, step=3),
+               tmp_path / "e.pt")
+    r = baseline.main([f"--data_dir={tmp_path}", f"--ckpt={tmp_path / 'e.pt'}"])
+    e = ev.main([f"--ckpt={tmp_path / 'e.pt'}", f"--data_dir={tmp_path}", "--psnr_images=0", "--device=cpu"])
+    assert r["model"]["nll_bpd"] == pytest.approx(e["nll_bpd"], rel=1e-6)
+    assert r["model"]["minus_baseline_bpd"] == pytest.approx(e["nll_bpd"] - r["nll_bpd"], abs=1e-6)
+    assert 0 < r["model"]["minus_baseline_bpd_stderr"] < float("inf")
