@@ -51,7 +51,7 @@ if meta:
         final = load("grf", run, "results.json")
         rows = [dict(step=s, nll_bpd=e["nll_bpd"], gap_bpd=e["nll_bpd"] - H) for s, e in ev]
         for r in rows:
-            print(f"| {label} (train.py eval, 512 val) | {r['step']} | {r['nll_bpd']:.4f} | {r['gap_bpd']:+.4f} |")
+            print(f"| {label} (train.py eval, 256 val) | {r['step']} | {r['nll_bpd']:.4f} | {r['gap_bpd']:+.4f} |")
         if final:
             print(f"| {label} (eval.py, {final['n_images']} val) | {final['checkpoint_step']} | "
                   f"{final['nll_bpd']:.4f} +- {final['nll_bpd_stderr']:.4f} | {final['nll_bpd'] - H:+.4f} |")
@@ -75,15 +75,17 @@ if base:
     summary["patches"] = dict(gaussian_baseline_bpd=base["nll_bpd"], gaussian_baseline_stderr=base["nll_bpd_stderr"])
     print(f"\npatches: Gaussian baseline {base['nll_bpd']:.4f} +- {base['nll_bpd_stderr']:.4f} bits/dim "
           f"({base['n_images']} val)")
-    print("| model | steps | val NLL (bits/dim) | minus Gaussian baseline |\n|---|---|---|---|")
+    print("| model | steps | val NLL (bits/dim) | minus Gaussian baseline (paired per image) |\n|---|---|---|---|")
     for run in ("patches_dual", "patches_single", "patches_dual_long"):
-        r = load("patches", run, "results.json")
-        if r:
+        r, paired = load("patches", run, "results.json"), load("patches", run, "baseline.json")
+        if r and paired:
+            m = paired["model"]
             print(f"| {run} | {r['checkpoint_step']} | {r['nll_bpd']:.4f} +- {r['nll_bpd_stderr']:.4f} | "
-                  f"{r['nll_bpd'] - base['nll_bpd']:+.4f} |")
+                  f"{m['minus_baseline_bpd']:+.4f} +- {m['minus_baseline_bpd_stderr']:.4f} |")
             summary["patches"][run] = dict(step=r["checkpoint_step"], nll_bpd=r["nll_bpd"],
                                            nll_bpd_stderr=r["nll_bpd_stderr"], n_images=r["n_images"],
-                                           minus_baseline_bpd=r["nll_bpd"] - base["nll_bpd"], psnr=r.get("psnr"))
+                                           minus_baseline_bpd=m["minus_baseline_bpd"],
+                                           minus_baseline_bpd_stderr=m["minus_baseline_bpd_stderr"], psnr=r.get("psnr"))
     for run in ("patches_dual", "patches_dual_long"):
         r = load("patches", run, "results.json")
         if r and "psnr" in r and "denoiser" in r["psnr"]:

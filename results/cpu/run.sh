@@ -24,9 +24,12 @@ python eval.py --ckpt=$R/patches_single/ckpt.pt --data_dir=data/patches --psnr_i
     --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_single
 python eval.py --ckpt=$R/patches_dual_long/ckpt.pt --data_dir=data/patches --psnr_images=512 \
     --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_dual_long
+for run in patches_dual_long patches_dual patches_single; do              # paired difference with the Gaussian
+    python baseline.py --data_dir=data/patches --ckpt=$R/$run/ckpt.pt --out=$R/$run   # -> $R/$run/baseline.json
+done
 for run in patches_dual patches_single patches_denoiser patches_dual_long; do
     mkdir -p results/cpu/patches/$run && cp $R/$run/log.jsonl results/cpu/patches/$run/
-    [ -f $R/$run/results.json ] && cp $R/$run/results.json results/cpu/patches/$run/
+    for f in results.json baseline.json; do [ -f $R/$run/$f ] && cp $R/$run/$f results/cpu/patches/$run/; done
 done
 
 # ----------------------------------------------------------------------------- 2. analytic truth: data/grf (16x16 GRF)
