@@ -103,12 +103,16 @@ for name in sorted(os.listdir(os.path.join(ROOT, "strong_gen"))) if os.path.isdi
     if f:
         sg[name] = {k: f[k] for k in ("n_a", "mean_diff_db", "mean_abs_diff_db", "rms_diff_db", "corr",
                                       "log_norm_const_a", "log_norm_const_b")}
+        n, la, lb = f["n_a"], f["logp_a"], f["logp_b"]                # log p on set A (first n), then set B
+        mean = lambda v: sum(v) / len(v)
+        # memorization shows as a higher log p on a model's own training set than on the other model's
+        sg[name]["own_set_advantage_db"] = 0.5 * ((mean(la[:n]) - mean(la[n:])) + (mean(lb[n:]) - mean(lb[:n])))
 if sg:
     summary["strong_generalization"] = sg
-    print("\n| N per model | images compared | mean diff (dB/dim) | mean abs diff | RMS diff | corr |\n|---|---|---|---|---|---|")
+    print("\n| N per model | images compared | mean diff (dB/dim) | mean abs diff | RMS diff | corr | own-set advantage |\n|---|---|---|---|---|---|---|")
     for name, s in sorted(sg.items(), key=lambda kv: int(kv[0][1:])):
         print(f"| {name[1:]} | 2 x {s['n_a']} | {s['mean_diff_db']:+.3f} | {s['mean_abs_diff_db']:.3f} | "
-              f"{s['rms_diff_db']:.3f} | {s['corr']:.3f} |")
+              f"{s['rms_diff_db']:.3f} | {s['corr']:.3f} | {s['own_set_advantage_db']:+.3f} |")
 
 with open(os.path.join(ROOT, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)

@@ -46,7 +46,7 @@ for run in grf_dual grf_single; do
 done
 
 # ----------------------------------------------------------------------------- 3. strong generalization (Fig. 2 analog)
-for N in 100 10000; do
+for N in 100 1000 10000; do
     python figures.py subsets --data_dir=data/patches --n_train=$N --out_prefix=/tmp/sg/patches
     for half in first last; do
         python train.py --preset=cpu --max_steps=200 --lr_halve_every=100 --eval_interval=200 \
