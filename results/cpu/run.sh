@@ -55,6 +55,14 @@ for N in 100 1000 10000; do
     python figures.py fig2 --ckpt_a=$R/sg_first$N/ckpt.pt --ckpt_b=$R/sg_last$N/ckpt.pt --data_dir=data/patches \
         --n_train=$N --max_images=1000 --const_images=2048 --out=results/cpu/strong_gen/N$N
 done
+# N = 100 again, both models continued to 600 steps (lr 5e-4 for steps 200-400, 2.5e-4 for 400-600)
+for half in first last; do
+    cp -r $R/sg_${half}100 $R/sg_${half}100_long
+    python train.py --preset=cpu --max_steps=600 --lr_halve_every=200 --eval_interval=200 \
+        --data_dir=/tmp/sg/patches_${half}100 --out_dir=$R/sg_${half}100_long
+done
+python figures.py fig2 --ckpt_a=$R/sg_first100_long/ckpt.pt --ckpt_b=$R/sg_last100_long/ckpt.pt --data_dir=data/patches \
+    --n_train=100 --const_images=2048 --out=results/cpu/strong_gen/N100_600steps
 
 # ----------------------------------------------------------------------------- 4. tables and figures of the README
 python results/cpu/report.py
