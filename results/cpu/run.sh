@@ -24,6 +24,13 @@ python eval.py --ckpt=$R/patches_single/ckpt.pt --data_dir=data/patches --psnr_i
     --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_single
 python eval.py --ckpt=$R/patches_dual_long/ckpt.pt --data_dir=data/patches --psnr_images=512 \
     --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_dual_long
+# Table 1 at equal steps: the denoiser continued to 1500 steps the same way
+cp -r $R/patches_denoiser $R/patches_denoiser_long
+python train.py --preset=cpu --kind=denoiser --max_steps=1500 --lr_halve_every=300 --out_dir=$R/patches_denoiser_long
+python eval.py --ckpt=$R/patches_dual_long/ckpt.pt --data_dir=data/patches --psnr_images=512 \
+    --denoiser_ckpt=$R/patches_denoiser_long/ckpt.pt --out=$R/patches_dual_long_vs_denoiser_long
+mkdir -p results/cpu/patches/patches_denoiser_long
+cp $R/patches_denoiser_long/log.jsonl $R/patches_dual_long_vs_denoiser_long/results.json results/cpu/patches/patches_denoiser_long/
 for run in patches_dual_long patches_dual patches_single; do              # paired difference with the Gaussian
     python baseline.py --data_dir=data/patches --ckpt=$R/$run/ckpt.pt --out=$R/$run   # -> $R/$run/baseline.json
 done
