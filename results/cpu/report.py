@@ -86,7 +86,7 @@ if base:
                                            nll_bpd_stderr=r["nll_bpd_stderr"], n_images=r["n_images"],
                                            minus_baseline_bpd=m["minus_baseline_bpd"],
                                            minus_baseline_bpd_stderr=m["minus_baseline_bpd_stderr"], psnr=r.get("psnr"))
-    for run in ("patches_dual", "patches_dual_long"):
+    for run in ("patches_dual", "patches_dual_long", "patches_denoiser_long"):   # the last: 1500-step energy vs denoiser
         r = load("patches", run, "results.json")
         if r and "psnr" in r and "denoiser" in r["psnr"]:
             p = r["psnr"]
