@@ -86,11 +86,14 @@ if base:
                                            nll_bpd_stderr=r["nll_bpd_stderr"], n_images=r["n_images"],
                                            minus_baseline_bpd=m["minus_baseline_bpd"],
                                            minus_baseline_bpd_stderr=m["minus_baseline_bpd_stderr"], psnr=r.get("psnr"))
-    for run in ("patches_dual", "patches_dual_long", "patches_denoiser_long"):   # the last: 1500-step energy vs denoiser
+    pairs = {"patches_dual": "energy 600 steps vs denoiser 600 steps",
+             "patches_dual_long": "energy 1500 steps vs denoiser 600 steps",
+             "patches_denoiser_long": "energy 1500 steps vs denoiser 1500 steps"}
+    for run, title in pairs.items():
         r = load("patches", run, "results.json")
         if r and "psnr" in r and "denoiser" in r["psnr"]:
             p = r["psnr"]
-            print(f"\nTable 1 at CPU scale ({run} vs patches_denoiser, {p['n_images']} val patches), output PSNR (dB):")
+            print(f"\nTable 1 at CPU scale ({title}, {p['n_images']} val patches), output PSNR (dB):")
             print("| input PSNR | " + " | ".join(f"{v:g}" for v in p["psnr_in"]) + " |")
             print("|---" * (len(p["psnr_in"]) + 1) + "|")
             print("| denoiser | " + " | ".join(f"{v:.2f}" for v in p["denoiser"]) + " |")
