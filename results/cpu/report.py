@@ -76,7 +76,7 @@ if base:
     print(f"\npatches: Gaussian baseline {base['nll_bpd']:.4f} +- {base['nll_bpd_stderr']:.4f} bits/dim "
           f"({base['n_images']} val)")
     print("| model | steps | val NLL (bits/dim) | minus Gaussian baseline (paired per image) |\n|---|---|---|---|")
-    for run in ("patches_dual", "patches_single", "patches_dual_long"):
+    for run in ("patches_dual", "patches_single", "patches_dual_long", "patches_single_long"):
         r, paired = load("patches", run, "results.json"), load("patches", run, "baseline.json")
         if r and paired:
             m = paired["model"]

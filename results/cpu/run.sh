@@ -31,10 +31,15 @@ python eval.py --ckpt=$R/patches_dual_long/ckpt.pt --data_dir=data/patches --psn
     --denoiser_ckpt=$R/patches_denoiser_long/ckpt.pt --out=$R/patches_dual_long_vs_denoiser_long
 mkdir -p results/cpu/patches/patches_denoiser_long
 cp $R/patches_denoiser_long/log.jsonl $R/patches_dual_long_vs_denoiser_long/results.json results/cpu/patches/patches_denoiser_long/
-for run in patches_dual_long patches_dual patches_single; do              # paired difference with the Gaussian
+# single SM continued the same way, for an equal-steps NLL comparison
+cp -r $R/patches_single $R/patches_single_long && rm -f $R/patches_single_long/results.json
+python train.py --preset=cpu --time_weight=0 --max_steps=1500 --lr_halve_every=300 --out_dir=$R/patches_single_long
+python eval.py --ckpt=$R/patches_single_long/ckpt.pt --data_dir=data/patches --psnr_images=512 \
+    --denoiser_ckpt=$R/patches_denoiser_long/ckpt.pt --out=$R/patches_single_long
+for run in patches_dual_long patches_dual patches_single patches_single_long; do   # paired difference with the Gaussian
     python baseline.py --data_dir=data/patches --ckpt=$R/$run/ckpt.pt --out=$R/$run   # -> $R/$run/baseline.json
 done
-for run in patches_dual patches_single patches_denoiser patches_dual_long; do
+for run in patches_dual patches_single patches_denoiser patches_dual_long patches_single_long; do
     mkdir -p results/cpu/patches/$run && cp $R/$run/log.jsonl results/cpu/patches/$run/
     for f in results.json baseline.json; do [ -f $R/$run/$f ] && cp $R/$run/$f results/cpu/patches/$run/; done
 done
