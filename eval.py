@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from dataset import load_split, to_tensor
+from losses import add_noise
 from model import energy_and_scores, load_model
 
 
@@ -38,7 +39,7 @@ def gaussian_entropy(d, t):
 def noisy_energies(energy_fn, x, t, generator=None):
     """U(x + sqrt(t) z, t) per image, (B,); t a float (0 gives U(x, 0) on the clean images)."""
     tt = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
-    y = x if t == 0 else x + math.sqrt(t) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    y = x if t == 0 else add_noise(x, tt, generator)[2]
     return energy_fn(y, tt)
 
 
@@ -113,8 +114,8 @@ def denoising_psnr(denoise_fn, images, psnr_in=PSNR_IN, batch_size=256, device="
     for p in psnr_in:
         t, out = 10.0 ** (-p / 10), []
         for x in batches(images, batch_size, device):
-            y = x + math.sqrt(t) * torch.randn(x.shape, generator=generator, device=x.device)
-            x_hat = denoise_fn(y, torch.full((x.shape[0],), t, device=x.device)).detach()
+            tt, _, y = add_noise(x, torch.full((x.shape[0],), t, device=x.device), generator)
+            x_hat = denoise_fn(y, tt).detach()
             mse = (x_hat - x).double().pow(2).flatten(1).mean(dim=1)             # (B,)
             out.append((-10 * torch.log10(mse)).cpu())
         m, se = mean_and_stderr(torch.cat(out).numpy())
@@ -129,7 +130,7 @@ def logp_and_deff(energy_fn, x, t, c, n_draws=1, generator=None):
     tt = torch.full((x.shape[0],), float(t), device=x.device)
     logp, deff = 0.0, 0.0
     for _ in range(n_draws):
-        y = x + math.sqrt(t) * torch.randn(x.shape, generator=generator, device=x.device)
+        _, _, y = add_noise(x, tt, generator)
         U, grad_y, _ = energy_and_scores(energy_fn, y, tt)
         x_hat = y - t * grad_y
         logp = logp - (U.double() + c) / n_draws
