@@ -54,7 +54,7 @@ import torch
 
 import losses
 from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf
-from eval import gaussian_entropy, log_norm_const, nll_bits_per_dim, noisy_energies
+from eval import gaussian_entropy, log_norm_const, nll_bits_per_dim
 from model import EnergyUNet, UNetConfig, count_parameters, energy_and_scores
 
 LN2 = math.log(2)
@@ -147,8 +147,8 @@ def evaluate(model, energy):
     ge = torch.Generator().manual_seed(args.seed + 1)                              # same noise for every variant
     with torch.no_grad():
         U0 = energy(x_eval, torch.zeros(args.n_eval)).double()
-        Umax_y = x_eval + math.sqrt(args.t_max) * torch.randn(x_eval.shape, generator=ge)
-        Umax = energy(Umax_y, torch.full((args.n_eval,), args.t_max)).double()
+        tmax, _, Umax_y = losses.add_noise(x_eval, torch.full((args.n_eval,), args.t_max), ge)
+        Umax = energy(Umax_y, tmax).double()
         c = log_norm_const(Umax.mean().item(), d, args.t_max)
         nll = nll_bits_per_dim(U0.mean().item(), c, d, quantized=False)
         delta0 = U0 - U_star(x_eval, 0.0).double()
@@ -165,7 +165,7 @@ def evaluate(model, energy):
     rows = []
     for t in t_grid.tolist():
         tt = torch.full((args.n_grid,), t)
-        y = xg + math.sqrt(t) * torch.randn(xg.shape, generator=ge)
+        _, _, y = losses.add_noise(xg, tt, ge)
         U, gU, dU = energy_and_scores(energy, y, tt)
         Us, gUs, dUs = energy_and_scores(U_star, y, tt)
         e_t = (dU - dUs).double()                                                 # (n_grid,) time-score error
@@ -181,7 +181,7 @@ def evaluate(model, energy):
     with torch.no_grad():
         for r in rows:
             tt = torch.full((args.n_grid,), r["t"])
-            y = xg + math.sqrt(r["t"]) * torch.randn(xg.shape, generator=ge)
+            _, _, y = losses.add_noise(xg, tt, ge)
             s = (energy(y, tt) - U_star(y, tt)).double() + c_gauss - delta_max.mean()
             r["log_Z"] = (torch.logsumexp(-s, 0) - math.log(args.n_grid)).item()
     # denoising: space loss at fixed noise levels, same images and noise for every variant
