@@ -31,3 +31,34 @@ def to_tensor(batch, device="cpu"):
     x = torch.from_numpy(np.array(batch, copy=True)).to(device)      # a writable copy of the (memmap) slice
     x = x.permute(0, 3, 1, 2).float()                                  # (B, C, H, W)
     return x / 255.0 if batch.dtype == np.uint8 else x
+
+
+def covariance_spectrum(images, max_images=50_000, n_bins=256, device="cpu", batch_size=1024):
+    """(pixel variance, eigenvalues of the covariance) of the first max_images images, (N, H, W, C) uint8 or float32.
+
+    The eigenvalues lambda_j of the sample covariance Sigma (float64, model units) define the Gaussian
+    N(m, Sigma) fitted to the data, whose log Z(t) - log Z(0) = (1/2) sum_j log(1 + t / lambda_j) is
+    model.py's analytic_term. They are sorted and stored as n_bins equal-count bins (the geometric mean
+    of each), a tuple of floats for UNetConfig.data_spectrum, whatever the image size. The smallest
+    sample eigenvalues are biased low unless max_images >> d = H W C (Marchenko-Pastur).
+    """
+    n = min(len(images), max_images)
+    d = int(np.prod(images.shape[1:]))
+    if n <= d:
+        raise ValueError(f"the covariance of {n} images in d = {d} dimensions is singular: the spectrum needs more "
+                         f"images than dimensions (many more for its smallest eigenvalues). Prepare more data, "
+                         f"raise --spectrum_images, or pass --data_var=VALUE for the isotropic analytic term")
+    total = torch.zeros(d, dtype=torch.float64, device=device)
+    gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+    for i in range(0, n, batch_size):
+        x = to_tensor(images[i:min(i + batch_size, n)], device).flatten(1).double()   # (b, d)
+        total += x.sum(dim=0)
+        gram += x.T @ x
+    mean = total / n
+    cov = gram / n - torch.outer(mean, mean)
+    lam = torch.linalg.eigvalsh(cov).clamp_min(1e-12 * cov.diagonal().mean()).cpu()   # ascending
+    n_bins = min(n_bins, d)
+    while d % n_bins:                                                # equal-count bins: a divisor of d
+        n_bins -= 1
+    spectrum = tuple(lam.log().view(n_bins, -1).mean(dim=1).exp().tolist())   # d / n_bins eigenvalues a bin
+    return float(cov.diagonal().mean()), spectrum

@@ -33,7 +33,10 @@ class UNetConfig:
     t_embedding: str = "paper"      # "paper": sinusoids of t itself; "log": of log(t + t_floor)
     t_floor: float = 1e-6           # "log" only: the embedding is flat for t << t_floor (variance units)
     data_var: float | None = None   # s^2, per-pixel data variance, for the two options below
-    analytic_term: bool = False     # U += (d/2) log(1 + t / s^2): the bulk of dU/dt, network learns the rest
+    data_spectrum: tuple[float, ...] | None = None  # eigenvalues lambda_j of the data covariance (<= 256 bins,
+                                    # dataset.covariance_spectrum); None = isotropic, every lambda_j = s^2
+    analytic_term: bool = False     # U += (d/2) mean_j log(1 + t / lambda_j): the log-det of the data's
+                                    # Gaussian, the bulk of dU/dt; the network learns the rest
     scale_energy: bool = False      # U = 0.5 <y, f> / (s^2 + t) instead of 0.5 <y, f>
 
     def __post_init__(self):
@@ -43,7 +46,13 @@ class UNetConfig:
             raise ValueError(f"t_floor must be > 0 (a noise variance), got {self.t_floor}")
         if (self.analytic_term or self.scale_energy) and not (self.data_var and self.data_var > 0):
             raise ValueError(f"analytic_term and scale_energy need data_var > 0 (the per-pixel variance of the "
-                             f"data, e.g. 0.0225 for std 0.15), got data_var={self.data_var}")
+                             f"data, e.g. 0.0225 for std 0.15; train.py measures it), got data_var={self.data_var}")
+        if self.data_spectrum is not None:
+            self.data_spectrum = tuple(float(v) for v in self.data_spectrum)   # a JSON list comes back as a tuple
+            if not self.data_spectrum or not all(0 < v < math.inf for v in self.data_spectrum):
+                raise ValueError(f"data_spectrum must be covariance eigenvalues, all > 0 and finite (see "
+                                 f"dataset.covariance_spectrum), got {len(self.data_spectrum)} values, min "
+                                 f"{min(self.data_spectrum, default=None)}")
         if self.layers_per_block < 2:
             raise ValueError(f"layers_per_block must be >= 2, got {self.layers_per_block}")
         if self.channels < 1 or self.base_width < 1 or self.num_scales < 1:
@@ -168,9 +177,12 @@ class UNet(nn.Module):
 class EnergyUNet(nn.Module):
     """U(y, t) = 0.5 * <y, f(y, t)> in nats, without the normalization constant c (SPEC 2).
 
-    Options (README "normalization"), with s^2 = data_var and d = C H W:
-        scale_energy    U = 0.5 <y, f(y, t)> / (s^2 + t)      (f then needs no 1/t range)
-        analytic_term   U += (d/2) log(1 + t / s^2)           (dU/dt of N(m, (s^2 + t) I), up to |y - m|^2)
+    Options (README "normalization"), with s^2 = data_var, d = C H W and lambda_j = data_spectrum:
+        scale_energy    U = 0.5 <y, f(y, t)> / (s^2 + t)           (f then needs no 1/t range)
+        analytic_term   U += (d/2) mean_j log(1 + t / lambda_j)    (log det(Sigma + t I) - log det Sigma)/2:
+                        the t-dependence of log Z(t) of the Gaussian N(m, Sigma) fitted to the data, so the
+                        network learns only how the data departs from it; isotropic (lambda_j = s^2) if
+                        data_spectrum is None.
     Both off (the paper) keeps U(0, t) = 0.
     """
 
@@ -178,6 +190,9 @@ class EnergyUNet(nn.Module):
         super().__init__()
         self.config = cfg
         self.unet = UNet(cfg)
+        if cfg.analytic_term:       # not in the state_dict: it is rebuilt from the config
+            spectrum = cfg.data_spectrum if cfg.data_spectrum is not None else (cfg.data_var,)
+            self.register_buffer("spectrum", torch.tensor(spectrum, dtype=torch.float64), persistent=False)
 
     def forward(self, y, t):
         f = self.unet(y, t)
@@ -186,7 +201,8 @@ class EnergyUNet(nn.Module):
         if cfg.scale_energy:
             U = U / (cfg.data_var + t)
         if cfg.analytic_term:
-            U = U + 0.5 * y[0].numel() * torch.log1p(t / cfg.data_var)
+            log_det = torch.log1p(t[:, None] / self.spectrum.to(t.dtype)).mean(dim=1)    # (B,) per dimension
+            U = U + 0.5 * y[0].numel() * log_det
         return U
 
 

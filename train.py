@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dataset import load_split, to_tensor
+from dataset import covariance_spectrum, load_split, to_tensor
 from eval import log_norm_const, nll_bits_per_dim, noisy_energies
 from losses import denoiser_score_matching, dual_score_matching
 from model import UNetConfig, build_model, count_parameters
@@ -57,15 +57,19 @@ device = "auto"                   # "auto" (cuda if available), "cpu", "cuda"
 seed = 0                          # seeds the initialization, data order, flips and noise
 grad_dump = ""                    # tests: file to save the first step's averaged gradients in; "" = off
 preset = ""                       # a named config of PRESETS applied before the other overrides
-# model: every UNetConfig field except channels (taken from the data); defaults = the paper's UNet
-MODEL_KEYS = [f for f in fields(UNetConfig) if f.name != "channels"]
+spectrum_images = 50_000          # training images whose covariance gives data_var and the spectrum (see below)
+# model: every UNetConfig field but channels and data_spectrum (both measured on the data). Defaults: the
+# paper's UNet, except for the noise conditioning (README "normalization": it learns log Z(t) in far fewer
+# steps); --t_embedding=paper --analytic_term=False --scale_energy=False is the paper's exact model.
+# data_var = None: it and the covariance spectrum are measured on the training set (or read from the checkpoint
+# on resume); --data_var=VALUE instead makes analytic_term isotropic, (d/2) log(1 + t / data_var).
+MODEL_KEYS = [f for f in fields(UNetConfig) if f.name not in ("channels", "data_spectrum")]
+MODEL_DEFAULTS = dict(t_embedding="log", analytic_term=True, scale_energy=True)
 
 PRESETS = {
     "cpu": dict(                  # ~10 min on one CPU core: grayscale 32x32 patches of photographs
         data_dir="data/patches", out_dir="out/patches", device="cpu",
         base_width=16, num_scales=2, layers_per_block=2, emb_dim=64,
-        # the paper's conditioning learns next to nothing in 600 steps: model.py's options (README normalization)
-        t_embedding="log", scale_energy=True, analytic_term=True, data_var=0.04,  # 0.04: pixel variance of the patches
         batch_size=32, max_steps=600, lr=1e-3, lr_halve_every=200,
         log_interval=25, eval_interval=300, eval_images=256, ckpt_interval=100),
 }
@@ -117,7 +121,7 @@ def parse_config(argv, config, types):
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 types = {k: type(v) for k, v in config.items()}
 for f in MODEL_KEYS:
-    config[f.name] = f.default
+    config[f.name] = MODEL_DEFAULTS.get(f.name, f.default)
     types[f.name] = type(f.default) if isinstance(f.type, str) else f.type
 try:
     parse_config(sys.argv[1:], config, types)
@@ -139,7 +143,6 @@ try:
     if H % 2 ** num_scales or W % 2 ** num_scales:
         raise ValueError(f"image size {H}x{W} is not divisible by 2^num_scales = {2 ** num_scales}; "
                          f"lower --num_scales or crop the data")
-    model_config = UNetConfig(channels=C, **{f.name: config[f.name] for f in MODEL_KEYS}).to_dict()
     if min(max_steps, batch_size, grad_accum, log_interval, eval_interval, ckpt_interval, eval_images) < 1:
         raise ValueError("max_steps, batch_size, grad_accum, log_interval, eval_interval, ckpt_interval "
                          "and eval_images must be >= 1")
@@ -169,13 +172,8 @@ chunk_size = batch_size // (world_size * grad_accum)                   # images 
 torch.backends.cuda.matmul.allow_tf32 = False                           # fp32 as in the paper
 torch.backends.cudnn.allow_tf32 = False
 
-# ----------------------------------------------------------------------------- model, optimizer, resume
-torch.manual_seed(seed)
-raw_model = build_model(kind, model_config).to(device)
-optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2))
-ema = [p.detach().clone() for p in raw_model.parameters()] if ema_halflife_images else None
+# ----------------------------------------------------------------------------- resume, data statistics
 ckpt_path, prev_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "ckpt_prev.pt")
-step = 0
 resume_path = next((p for p in (ckpt_path, prev_path) if os.path.exists(p)), None)
 if resume_path:
     try:
@@ -184,6 +182,37 @@ if resume_path:
     except Exception as e:
         sys.exit(f"train.py: checkpoint {resume_path} is corrupt ({type(e).__name__}: {e}); move it away "
                  f"(the one before it is {prev_path}: rename it to ckpt.pt to resume from it) or use another out_dir")
+# analytic_term and scale_energy need the data's pixel variance and covariance spectrum (model.py): measured
+# once by rank 0 on the training device, sent to every rank; a resumed run reads them from its checkpoint
+data_stats = dict(data_var=data_var, data_spectrum=None)
+if (analytic_term or scale_energy) and data_var is None:
+    if resume_path:
+        data_stats = {k: ckpt_model_config.get(k) for k in data_stats}
+    else:
+        stats = [None]
+        if master:
+            try:
+                var, spectrum = covariance_spectrum(train_data, spectrum_images, device=device)
+                stats = [dict(data_var=var, data_spectrum=spectrum)]
+            except ValueError as e:
+                stats = [str(e)]                                        # every rank stops with the message
+        if ddp:
+            dist.broadcast_object_list(stats, src=0)
+        if isinstance(stats[0], str):
+            sys.exit(f"train.py: {stats[0]}")
+        data_stats = stats[0]
+try:
+    model_config = UNetConfig(channels=C, **{**{f.name: config[f.name] for f in MODEL_KEYS}, **data_stats}).to_dict()
+except ValueError as e:
+    sys.exit(f"train.py: {e}")
+
+# ----------------------------------------------------------------------------- model, optimizer, resume
+torch.manual_seed(seed)
+raw_model = build_model(kind, model_config).to(device)
+optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2))
+ema = [p.detach().clone() for p in raw_model.parameters()] if ema_halflife_images else None
+step = 0
+if resume_path:
     structure = lambda cfg: {k: v for k, v in cfg.items() if k != "kernel_impl"}   # the kernel path may change
     if ckpt_kind != kind or structure(ckpt_model_config) != structure(model_config):
         sys.exit(f"train.py: {resume_path} holds a {ckpt_kind!r} model {ckpt_model_config}, not the configured "
@@ -298,9 +327,11 @@ if master:
     with open(os.path.join(out_dir, "config.json"), "w") as fh:
         json.dump(config, fh, indent=1)
 gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+spectrum = model_config["data_spectrum"]
+short_config = {**model_config, "data_spectrum": spectrum and f"{len(spectrum)} bins, {min(spectrum):.3g} .. {max(spectrum):.3g}"}
 log({"run": config, "model_config": model_config, "torch": torch.__version__, "python": platform.python_version(),
      "device": device, "gpu": gpu, "world_size": world_size, "parameters": count_parameters(raw_model), "step": step},
-    f"config {json.dumps(config)}\nmodel {model_config}: {count_parameters(raw_model):,} parameters\n"
+    f"config {json.dumps(config)}\nmodel {short_config}: {count_parameters(raw_model):,} parameters\n"
     f"data {data_dir}: train {train_data.shape} val {val_data.shape} {train_data.dtype}, d = {d}\n"
     f"torch {torch.__version__}, python {platform.python_version()}, device {device} ({gpu}), "
     f"world size {world_size}, {'resuming from ' + resume_path + ' at step ' + str(step) if resume_path else 'fresh start'}")

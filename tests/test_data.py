@@ -120,3 +120,53 @@ def test_patches_from_the_scikit_image_photographs(tmp_path):
     # split by photograph: no textured validation patch is also a training patch
     textured = lambda x: {p.tobytes() for p in x if p.std() > 2}
     assert not textured(train) & textured(val)
+
+
+# ----------------------------------------------------------------------------- dataset.covariance_spectrum
+def gaussian_images(n, H, W, C, seed=0):
+    """n images (N, H, W, C) float32 from N(0.5, A A^T) with a known covariance; (images, sorted eigenvalues)."""
+    rng = np.random.default_rng(seed)
+    d = H * W * C
+    A = rng.normal(size=(d, d)) * np.logspace(-2, -0.5, d)          # spread eigenvalues over ~3 decades
+    cov = A @ A.T
+    x = 0.5 + rng.normal(size=(n, d)) @ A.T
+    return x.reshape(n, H, W, C).astype(np.float32), np.sort(np.linalg.eigvalsh(cov))
+
+
+def test_covariance_spectrum_matches_numpy_and_the_truth():
+    from dataset import covariance_spectrum
+    images, true_lam = gaussian_images(20000, 4, 2, 2)                # d = 16
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    sample_lam = np.sort(np.linalg.eigvalsh(np.cov(flat.T, bias=True)))  # independent: numpy, float64
+    var, spectrum = covariance_spectrum(images, n_bins=256)
+    assert len(spectrum) == 16                                        # d < n_bins: every eigenvalue
+    np.testing.assert_allclose(spectrum, sample_lam, rtol=1e-8)
+    np.testing.assert_allclose(var, flat.var(axis=0).mean(), rtol=1e-10)
+    # sampling error of an eigenvalue ~ sqrt(2 / n) = 1%: within 5% of the truth
+    np.testing.assert_allclose(spectrum, true_lam, rtol=0.05)
+    # 4 bins of 4: geometric means of the sorted eigenvalues
+    _, binned = covariance_spectrum(images, n_bins=4)
+    np.testing.assert_allclose(binned, np.exp(np.log(sample_lam).reshape(4, 4).mean(1)), rtol=1e-8)
+    # 6 does not divide 16: the largest divisor below it, 4
+    assert len(covariance_spectrum(images, n_bins=6)[1]) == 4
+    # max_images: the first images only
+    _, first = covariance_spectrum(images, max_images=1000)
+    first_lam = np.sort(np.linalg.eigvalsh(np.cov(flat[:1000].T, bias=True)))
+    np.testing.assert_allclose(first, first_lam, rtol=1e-8)
+
+
+def test_covariance_spectrum_of_uint8_is_in_model_units():
+    from dataset import covariance_spectrum
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (500, 3, 3, 1)).astype(np.uint8)
+    var, spectrum = covariance_spectrum(images)
+    var_f, spectrum_f = covariance_spectrum((images / 255.0).astype(np.float32))
+    np.testing.assert_allclose(spectrum, spectrum_f, rtol=1e-6)
+    np.testing.assert_allclose(var, (255 ** 2 - 1) / 12 / 255 ** 2, rtol=0.1)    # uniform over 0..255
+
+
+def test_covariance_spectrum_needs_more_images_than_dimensions():
+    from dataset import covariance_spectrum
+    images, _ = gaussian_images(16, 4, 2, 2)
+    with pytest.raises(ValueError, match="more images than dimensions"):
+        covariance_spectrum(images)

@@ -120,6 +120,39 @@ def test_analytic_term_and_scale_energy_exact():
     assert torch.allclose(dU1, expected, rtol=1e-10)
 
 
+def test_spectral_analytic_term_is_the_gaussian_log_det():
+    """With data_spectrum, U gains exactly (1/2) sum_k log(1 + t / lambda_k), and dU/dt (1/2) sum_k 1/(lambda_k + t)."""
+    lam = torch.logspace(-4, 0, 16, dtype=torch.float64)                        # d = 16 eigenvalues
+    y = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([1e-7, 0.03, 50.0], dtype=torch.float64)
+    base, spectral = pair(analytic_term=True, data_spectrum=lam.tolist())
+    U0, g0, dU0 = energy_and_scores(base, y, t)
+    U1, g1, dU1 = energy_and_scores(spectral, y, t)
+    assert torch.allclose(U1 - U0, 0.5 * torch.log1p(t[:, None] / lam).sum(1), rtol=1e-12)
+    assert torch.allclose(dU1 - dU0, 0.5 * (1 / (lam + t[:, None])).sum(1), rtol=1e-10)
+    assert torch.equal(g1, g0)                                                  # no y-dependence
+    # 4 bins for d = 16: each stands for 4 eigenvalues
+    _, binned = pair(analytic_term=True, data_spectrum=lam[::4].tolist())
+    with torch.no_grad():
+        assert torch.allclose(binned(y, t) - base(y, t), 2.0 * torch.log1p(t[:, None] / lam[::4]).sum(1), rtol=1e-12)
+
+
+def test_spectrum_survives_json_and_checkpoints(tmp_path):
+    import json
+    from model import load_model
+    cfg = UNetConfig(**SMALL, t_embedding="log", data_var=0.04, analytic_term=True, scale_energy=True,
+                     data_spectrum=[0.001, 0.01, 0.1, 0.5])
+    assert UNetConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg
+    model = EnergyUNet(cfg)
+    assert "spectrum" not in model.state_dict()                                 # rebuilt from the config
+    torch.save({"model": model.state_dict(), "model_config": cfg.to_dict(), "kind": "energy", "step": 0},
+               tmp_path / "ckpt.pt")
+    loaded, _ = load_model(str(tmp_path / "ckpt.pt"), kind="energy")
+    y, t = torch.rand(2, 1, 4, 4), torch.tensor([0.0, 3.0])
+    with torch.no_grad():
+        assert torch.equal(loaded(y, t), model.eval()(y, t))
+
+
 @pytest.mark.parametrize("t", [1e-8, 1e-3, 10.0])
 def test_log_embedding_time_derivative_vs_finite_differences(t):
     _, model = pair(analytic_term=True, scale_energy=True)
@@ -145,7 +178,9 @@ def test_log_embedding_flat_below_t_floor_and_params_unchanged():
 @pytest.mark.parametrize("options, message", [(dict(t_embedding="sqrt"), "t_embedding"),
                                               (dict(analytic_term=True), "data_var"),
                                               (dict(scale_energy=True, data_var=-1.0), "data_var"),
-                                              (dict(t_floor=0.0), "t_floor")])
+                                              (dict(t_floor=0.0), "t_floor"),
+                                              (dict(data_spectrum=[0.1, -1.0]), "data_spectrum"),
+                                              (dict(data_spectrum=[]), "data_spectrum")])
 def test_bad_noise_options(options, message):
     with pytest.raises(ValueError, match=message):
         UNetConfig(**SMALL, **options)

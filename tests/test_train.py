@@ -19,7 +19,7 @@ TINY = ["--base_width=4", "--num_scales=2", "--layers_per_block=2", "--emb_dim=8
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def write_data(folder, shape=(8, 8, 1), dtype=np.uint8, n=(32, 8)):
+def write_data(folder, shape=(8, 8, 1), dtype=np.uint8, n=(80, 8)):
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
     for split, count in zip(("train", "val"), n):
@@ -128,6 +128,8 @@ BAD_INPUTS = {
     "unknown key": (lambda tmp, d: [f"--data_dir={d}", "--batchsize=4"], "unknown config key 'batchsize'"),
     "wrong type": (lambda tmp, d: [f"--data_dir={d}", "--max_steps=ten"], "expected a value of type int"),
     "corrupt checkpoint": (corrupt_checkpoint, "is corrupt"),
+    "too few images for the spectrum": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', n=(40, 8))}"],
+                                        "spectrum needs more images than dimensions"),
 }
 
 

@@ -54,24 +54,25 @@ import torch
 
 import losses
 from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf
+from dataset import covariance_spectrum
 from eval import gaussian_entropy, log_norm_const, nll_bits_per_dim
 from model import EnergyUNet, UNetConfig, count_parameters, energy_and_scores
 
 LN2 = math.log(2)
 
-# noise-conditioning variants: UNetConfig overrides (s^2 = data_var is the data's pixel variance)
+# noise-conditioning variants: UNetConfig overrides, and where analytic_term's spectrum comes from:
+# None = isotropic, s^2 = data_var (the data's pixel variance); "data" = eigenvalues of the training images'
+# covariance (dataset.covariance_spectrum, what train.py does); "exact" = the GRF's true eigenvalues
+OURS = dict(t_embedding="log", analytic_term=True, scale_energy=True)
 VARIANTS = {
-    "paper": dict(),                                                   # SPEC 2.1: sinusoids of t, U = 0.5 <y, f>
-    "log": dict(t_embedding="log"),                                    # sinusoids of log(t + t_floor)
-    "log+analytic": dict(t_embedding="log", analytic_term=True),       # + (d/2) log(1 + t / s^2)
-    "analytic+scale": dict(analytic_term=True, scale_energy=True),     # paper embedding, U/(s^2+t) + log term
-    "ours": dict(t_embedding="log", analytic_term=True, scale_energy=True),
-    "oracle": dict(t_embedding="log", analytic_term=True, scale_energy=True),
+    "paper": (dict(), None),                                           # SPEC 2.1: sinusoids of t, U = 0.5 <y, f>
+    "ours": (OURS, "data"),                                            # train.py's defaults
+    "ours-log_t": ({**OURS, "t_embedding": "paper"}, "data"),          # single-option ablations of ours
+    "ours-scale": ({**OURS, "scale_energy": False}, "data"),
+    "ours-analytic": ({**OURS, "analytic_term": False}, None),
+    "isotropic": (OURS, None),                                         # (d/2) log(1 + t / s^2): misses the log-det's spread
+    "oracle": (OURS, "exact"),                                         # diagnostic: real data has no exact spectrum
 }
-# diagnostic only (real data has no known spectrum): "oracle" adds to U the part of the exact log-det that the
-# isotropic analytic term misses, (1/2) sum_k log(1 + t/lambda_k) - (d/2) log(1 + t/s^2), so the network is
-# left the quadratic part alone. It tests whether that missing part is what drifts log Z.
-ORACLE = {"oracle"}
 
 # ----------------------------------------------------------------------------------------------
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -132,13 +133,9 @@ def U_star(y, t):
 g = torch.Generator().manual_seed(args.seed)
 x_train = sample_grf(args.n_train, lam, args.mean, generator=g).float()[:, None]  # (N, 1, n, n)
 x_eval = sample_grf(args.n_eval, lam, args.mean, generator=g).float()[:, None]
+data_spectrum = covariance_spectrum(x_train.permute(0, 2, 3, 1).numpy())[1]     # as train.py measures it
 t_grid = torch.logspace(math.log10(args.t_min), math.log10(args.t_max), args.n_t)
 fixed_t = [10 ** (-p / 10) for p in (90, 75, 60, 45, 30, 15, 0, -15, -30)]
-
-
-def logdet_residual(t):
-    """(B,) (1/2) sum_k log(1 + t/lambda_k) - (d/2) log(1 + t/s^2), for the "oracle" diagnostic."""
-    return 0.5 * torch.log1p(t[:, None] / lam32.flatten()).sum(1) - 0.5 * d * torch.log1p(t / data_var)
 
 
 def evaluate(model, energy):
@@ -202,15 +199,16 @@ def evaluate(model, energy):
 
 def run(name):
     """Train one variant, evaluating at eval_steps; writes OUT/<name>.json as it goes."""
+    options, source = VARIANTS[name]
+    spectrum = {None: None, "data": data_spectrum, "exact": tuple(lam.flatten().sort().values.tolist())}[source]
     cfg = UNetConfig(channels=1, base_width=args.base_width, num_scales=args.num_scales,
                      layers_per_block=args.layers_per_block, t_floor=args.t_floor,
-                     data_var=data_var, **VARIANTS[name])
+                     data_var=data_var, data_spectrum=spectrum, **options)
     torch.manual_seed(args.seed)
-    model = EnergyUNet(cfg)
-    energy = (lambda y, t: model(y, t) + logdet_residual(t)) if name in ORACLE else model
+    model = energy = EnergyUNet(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gd = torch.Generator().manual_seed(args.seed + 10)                             # data order and noise
-    record = dict(variant=name, options=VARIANTS[name], config=vars(args), model_config=cfg.to_dict(),
+    record = dict(variant=name, options=options, spectrum=source, config=vars(args), model_config=cfg.to_dict(),
                   params=count_parameters(model), entropy_bpd=H_bpd, evals=[], train=[])
     t0, logged = time.time(), []
     for step in range(args.steps + 1):
