@@ -46,7 +46,8 @@ if meta:
     print(f"\nGRF 16x16: exact entropy {H:.4f} bits/dim; Gaussian fit {base['nll_bpd']:.4f} +- {base['nll_bpd_stderr']:.4f}")
     print("| run | step | NLL (bits/dim) | gap to exact (bits/dim) |\n|---|---|---|---|")
     fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
-    for run, label in (("grf_dual", "dual SM"), ("grf_single", "single SM")):
+    for run, label in (("grf_dual", "dual SM"), ("grf_single", "single SM"),
+                       ("isotropic_grf_dual", "dual SM, isotropic term"), ("isotropic_grf_single", "single SM, isotropic term")):
         ev = evals("grf", run, "log.jsonl")
         final = load("grf", run, "results.json")
         rows = [dict(step=s, nll_bpd=e["nll_bpd"], gap_bpd=e["nll_bpd"] - H) for s, e in ev]
@@ -55,10 +56,14 @@ if meta:
         if final:
             print(f"| {label} (eval.py, {final['n_images']} val) | {final['checkpoint_step']} | "
                   f"{final['nll_bpd']:.4f} +- {final['nll_bpd_stderr']:.4f} | {final['nll_bpd'] - H:+.4f} |")
+        if final and "ode" in final:
+            o = final["ode"]
+            print(f"| {label} (probability-flow ODE, {o['n_images']} val) | {final['checkpoint_step']} | "
+                  f"{o['nll_bpd']:.4f} +- {o['nll_bpd_stderr']:.4f} | {o['nll_bpd'] - H:+.4f} |")
         summary["grf"][run] = dict(by_step=rows, final=final and dict(
             step=final["checkpoint_step"], nll_bpd=final["nll_bpd"], nll_bpd_stderr=final["nll_bpd_stderr"],
             gap_bpd=final["nll_bpd"] - H))
-        if rows:
+        if rows and not run.startswith("isotropic"):
             ax.plot([r["step"] for r in rows], [abs(r["gap_bpd"]) for r in rows], "o-", label=label)
     if base:
         ax.axhline(abs(base["nll_bpd"] - H), color="gray", ls=":", label="Gaussian fit (baseline.py)")
@@ -76,7 +81,8 @@ if base:
     print(f"\npatches: Gaussian baseline {base['nll_bpd']:.4f} +- {base['nll_bpd_stderr']:.4f} bits/dim "
           f"({base['n_images']} val)")
     print("| model | steps | val NLL (bits/dim) | minus Gaussian baseline (paired per image) |\n|---|---|---|---|")
-    for run in ("patches_dual", "patches_single", "patches_dual_long", "patches_single_long"):
+    for run in ("patches_dual", "patches_single", "patches_dual_long", "patches_single_long", "isotropic_patches_dual",
+                "isotropic_patches_single", "isotropic_patches_dual_long", "isotropic_patches_single_long"):
         r, paired = load("patches", run, "results.json"), load("patches", run, "baseline.json")
         if r and paired:
             m = paired["model"]
@@ -86,9 +92,16 @@ if base:
                                            nll_bpd_stderr=r["nll_bpd_stderr"], n_images=r["n_images"],
                                            minus_baseline_bpd=m["minus_baseline_bpd"],
                                            minus_baseline_bpd_stderr=m["minus_baseline_bpd_stderr"], psnr=r.get("psnr"))
+    for run in ("patches_dual", "patches_dual_long"):                    # the probability-flow ODE check
+        ode = load("patches", run + "_ode", "results.json")
+        if ode and "ode" in ode:
+            o = ode["ode"]
+            print(f"{run}: probability-flow ODE NLL {o['nll_bpd']:.4f} +- {o['nll_bpd_stderr']:.4f} on {o['n_images']} "
+                  f"val patches; one-pass on the same patches {o['onepass_nll_bpd']:.4f} (ODE - one-pass "
+                  f"{o['minus_onepass_bpd']:+.4f} +- {o['minus_onepass_bpd_stderr']:.4f})")
+            summary["patches"][run + "_ode"] = o
     pairs = {"patches_dual": "energy 600 steps vs denoiser 600 steps",
-             "patches_dual_long": "energy 1500 steps vs denoiser 600 steps",
-             "patches_denoiser_long": "energy 1500 steps vs denoiser 1500 steps"}
+             "patches_dual_long": "energy 1500 steps vs denoiser 1500 steps"}
     for run, title in pairs.items():
         r = load("patches", run, "results.json")
         if r and "psnr" in r and "denoiser" in r["psnr"]:

@@ -24,6 +24,12 @@ python eval.py --ckpt=$R/patches_single/ckpt.pt --data_dir=data/patches --psnr_i
     --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_single
 python eval.py --ckpt=$R/patches_dual_long/ckpt.pt --data_dir=data/patches --psnr_images=512 \
     --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_dual_long
+# the probability-flow ODE NLL of the same models on 32 validation images (eval.py's independent check)
+for run in patches_dual patches_dual_long; do
+    python eval.py --ckpt=$R/$run/ckpt.pt --data_dir=data/patches --psnr_images=0 --ode_images=32 --ode_steps=24 \
+        --ode_probes=2 --out=$R/${run}_ode
+    mkdir -p results/cpu/patches/${run}_ode && cp $R/${run}_ode/results.json results/cpu/patches/${run}_ode/
+done
 # Table 1 at equal steps: the denoiser continued to 1500 steps the same way
 cp -r $R/patches_denoiser $R/patches_denoiser_long
 python train.py --preset=cpu --kind=denoiser --max_steps=1500 --lr_halve_every=300 --out_dir=$R/patches_denoiser_long
@@ -45,23 +51,25 @@ for run in patches_dual patches_single patches_denoiser patches_dual_long patche
 done
 
 # ----------------------------------------------------------------------------- 2. analytic truth: data/grf (16x16 GRF)
-# the normalization study (README "normalization") had not concluded: the CPU preset's conditioning
-# options, with data_var = 0.15^2 (the GRF's pixel variance)
+# train.py's defaults (README "normalization"): the analytic term from the training images' covariance spectrum
 python data/grf/prepare.py
 python baseline.py --data_dir=data/grf --out=results/cpu/grf && cp data/grf/meta.json results/cpu/grf/
-GRF="--preset=cpu --data_dir=data/grf --data_var=0.0225 --max_steps=1200 --lr_halve_every=400 --eval_interval=200 --eval_images=256 --ckpt_interval=200"
+GRF="--preset=cpu --data_dir=data/grf --max_steps=1200 --lr_halve_every=400 --eval_interval=200 --eval_images=256 --ckpt_interval=200"
 python train.py $GRF --out_dir=$R/grf_dual
 python train.py $GRF --time_weight=0 --out_dir=$R/grf_single
-for run in grf_dual grf_single; do
-    python eval.py --ckpt=$R/$run/ckpt.pt --data_dir=data/grf --psnr_images=0 --n_draws=4 --out=$R/$run
+for run in grf_dual grf_single; do      # + the probability-flow ODE NLL of the same model on 32 images
+    python eval.py --ckpt=$R/$run/ckpt.pt --data_dir=data/grf --psnr_images=0 --n_draws=4 --out=$R/$run \
+        --ode_images=32 --ode_steps=24 --ode_probes=2
     mkdir -p results/cpu/grf/$run && cp $R/$run/log.jsonl $R/$run/results.json results/cpu/grf/$run/
 done
 
 # ----------------------------------------------------------------------------- 3. strong generalization (Fig. 2 analog)
+# N = 100 and 1000 images are too few for a 1024-dimensional covariance: every size uses the isotropic
+# analytic term, --data_var=0.04 (the patches' pixel variance)
 for N in 100 1000 10000; do
     python figures.py subsets --data_dir=data/patches --n_train=$N --out_prefix=/tmp/sg/patches
     for half in first last; do
-        python train.py --preset=cpu --max_steps=200 --lr_halve_every=100 --eval_interval=200 \
+        python train.py --preset=cpu --data_var=0.04 --max_steps=200 --lr_halve_every=100 --eval_interval=200 \
             --data_dir=/tmp/sg/patches_$half$N --out_dir=$R/sg_$half$N
     done
     python figures.py fig2 --ckpt_a=$R/sg_first$N/ckpt.pt --ckpt_b=$R/sg_last$N/ckpt.pt --data_dir=data/patches \
@@ -70,7 +78,7 @@ done
 # N = 100 again, both models continued to 600 steps (lr 5e-4 for steps 200-400, 2.5e-4 for 400-600)
 for half in first last; do
     cp -r $R/sg_${half}100 $R/sg_${half}100_long
-    python train.py --preset=cpu --max_steps=600 --lr_halve_every=200 --eval_interval=200 \
+    python train.py --preset=cpu --data_var=0.04 --max_steps=600 --lr_halve_every=200 --eval_interval=200 \
         --data_dir=/tmp/sg/patches_${half}100 --out_dir=$R/sg_${half}100_long
 done
 python figures.py fig2 --ckpt_a=$R/sg_first100_long/ckpt.pt --ckpt_b=$R/sg_last100_long/ckpt.pt --data_dir=data/patches \
