@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf
+from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf, warp_entropy_shift, warp_field
 from model import EnergyUNet, UNetConfig, count_parameters, energy_and_scores
 
 
@@ -88,7 +88,34 @@ def test_prepare_cli(tmp_path):
     assert not np.allclose(train[:50], val)                            # independent draws
 
 
-@pytest.mark.parametrize("arg, message", [("--sizes=8", "bad argument"), ("--amplitude=-1", "amplitude > 0")])
+@pytest.mark.parametrize("w", [0.5, 1.0, 2.0])
+def test_warped_entropy_by_numerical_integration(w):
+    """One pixel (d = 1): -int p log p of the warped density on a fine grid = the change-of-variables formula."""
+    m, a = 0.5, 0.15
+    x = torch.linspace(m - 12 * a, m + 12 * a, 400001, dtype=torch.float64)
+    y = warp_field(x, m, a, w)                                         # monotone: a grid in y
+    log_px = -0.5 * ((x - m) / a) ** 2 - math.log(a * math.sqrt(2 * math.pi))
+    log_py = log_px - torch.log(torch.cosh(w * (x - m) / a))           # p_y(y) = p_x(x) / (dy/dx)
+    H_numeric = -torch.trapezoid(log_py.exp() * log_py, y).item()
+    lam = grf_eigenvalues(1, 2.5, 2.0, a)                               # a single pixel: lambda = a^2
+    assert H_numeric == pytest.approx(grf_entropy(lam) + warp_entropy_shift(w, 1), abs=1e-6)
+
+
+def test_warp_cli_is_non_gaussian_with_exact_entropy(tmp_path):
+    out = tmp_path / "warp"
+    cmd = [sys.executable, "data/grf/prepare.py", "--size=8", "--n_train=2000", "--n_val=50", "--warp=1", f"--out={out}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    train = np.load(out / "train.npy").astype(np.float64)
+    meta = json.loads((out / "meta.json").read_text())
+    lam = grf_eigenvalues(8, 2.5, 2.0, 0.15)
+    expected = (grf_entropy(lam) + warp_entropy_shift(1.0, 64)) / (64 * math.log(2))
+    assert meta["warp"] == 1.0 and meta["entropy_bits_per_dim"] == pytest.approx(expected, rel=1e-12)
+    z = (train - train.mean()) / train.std()
+    assert abs(train.mean() - 0.5) < 0.02 and (z ** 4).mean() > 5      # heavy tails (a Gaussian has 3)
+
+
+@pytest.mark.parametrize("arg, message", [("--sizes=8", "bad argument"), ("--amplitude=-1", "amplitude > 0"),
+                                          ("--warp=-1", "--warp must be >= 0")])
 def test_prepare_cli_bad_input(tmp_path, arg, message):
     r = subprocess.run([sys.executable, "data/grf/prepare.py", arg, f"--out={tmp_path}"], capture_output=True, text=True)
     assert r.returncode != 0 and message in r.stderr
