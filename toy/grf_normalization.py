@@ -275,9 +275,20 @@ def report():
                      f"{row['gap_cv_bpd']:+.3f} | {row['time_bpd']:+.3f} | {row['space_bpd']:+.3f} | "
                      f"{row['kl0_bpd']:.3f} | {row['kl_max_bpd']:.3f} | {row['drift_bpd']:+.3f} | "
                      f"{row['space_fixed_mean']:.4f} | {row['space_excess']:.4f} |")
-    print("\n".join(lines))
+    # the same, compact: the gap at every evaluated step, and the last step's split, one row per variant
+    steps = sorted({row["step"] for row in table})
+    compact = ["| variant | " + " | ".join(f"gap @ {s}" for s in steps) + " | KL(t=0) | log Z drift | space loss | excess |",
+               "| --- " * (len(steps) + 5) + "|"]
+    for v in records:
+        rows = {row["step"]: row for row in table if row["variant"] == v}
+        last = rows[max(rows)]
+        compact.append(f"| {v} | " + " | ".join(f"{rows[s]['gap_bpd']:+.3f}" if s in rows else "-" for s in steps)
+                       + f" | {last['kl0_bpd']:.3f} | {last['drift_bpd']:+.3f} | {last['space_fixed_mean']:.4f} | "
+                       f"{last['space_excess']:.4f} |")
+    print("\n".join(lines + [""] + compact))
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(dict(entropy_bpd=H_bpd, space_min=space_min, table=table, markdown="\n".join(lines)), f, indent=1)
+        json.dump(dict(entropy_bpd=H_bpd, space_min=space_min, table=table, markdown="\n".join(lines),
+                       markdown_compact="\n".join(compact)), f, indent=1)
     fig, ax = plt.subplots(1, 5, figsize=(25, 4.5))
     for v, r in records.items():
         steps = [e["step"] for e in r["evals"]]
