@@ -83,7 +83,7 @@ if meta:
     print(f"\nwarped GRF (warp {meta['warp']}): exact entropy {H:.4f} bits/dim; Gaussian fit "
           f"{base['nll_bpd']:.4f} +- {base['nll_bpd_stderr']:.4f} (gap {base['nll_bpd'] - H:+.4f})")
     print("| run | NLL by step (train.py, 256 val) | final NLL (eval.py, all val) | gap to exact |\n|---|---|---|---|")
-    for run in ("warp_dual", "warp_single", "warp_dual_iso", "warp_dual_4800"):
+    for run in ("warp_dual", "warp_single", "warp_dual_iso", "warp_dual_4800", "warp_single_4800"):
         ev, final = evals("grf_warp", run, "log.jsonl"), load("grf_warp", run, "results.json")
         if final:
             by_step = ", ".join(f"{s}: {e['nll_bpd']:.3f}" for s, e in ev)

@@ -75,7 +75,8 @@ python train.py $W --time_weight=0 --out_dir=$R/warp_single
 python train.py $W --data_var=0.072 --out_dir=$R/warp_dual_iso           # isotropic term, 0.072 = pixel variance
 W4="--preset=cpu --data_dir=data/grf_warp --max_steps=4800 --lr_halve_every=1600 --eval_interval=800 --eval_images=256 --ckpt_interval=800"
 python train.py $W4 --out_dir=$R/warp_dual_4800                          # 4x the steps
-for run in warp_dual warp_single warp_dual_iso warp_dual_4800; do
+python train.py $W4 --time_weight=0 --out_dir=$R/warp_single_4800
+for run in warp_dual warp_single warp_dual_iso warp_dual_4800 warp_single_4800; do
     python eval.py --ckpt=$R/$run/ckpt.pt --data_dir=data/grf_warp --psnr_images=0 --n_draws=4 --out=$R/$run
     mkdir -p results/cpu/grf_warp/$run && cp $R/$run/log.jsonl $R/$run/results.json results/cpu/grf_warp/$run/
 done
