@@ -205,6 +205,8 @@ try:
     model_config = UNetConfig(channels=C, **{**{f.name: config[f.name] for f in MODEL_KEYS}, **data_stats}).to_dict()
 except ValueError as e:
     sys.exit(f"train.py: {e}")
+spectrum = model_config["data_spectrum"]                                # the config records what was measured
+config.update(data_var=model_config["data_var"], data_spectrum=spectrum and list(spectrum))
 
 # ----------------------------------------------------------------------------- model, optimizer, resume
 torch.manual_seed(seed)
@@ -327,11 +329,11 @@ if master:
     with open(os.path.join(out_dir, "config.json"), "w") as fh:
         json.dump(config, fh, indent=1)
 gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
-spectrum = model_config["data_spectrum"]
-short_config = {**model_config, "data_spectrum": spectrum and f"{len(spectrum)} bins, {min(spectrum):.3g} .. {max(spectrum):.3g}"}
+short = spectrum and f"{len(spectrum)} bins, {min(spectrum):.3g} .. {max(spectrum):.3g}"    # for the printout
+short_config, short_run = {**model_config, "data_spectrum": short}, {**config, "data_spectrum": short}
 log({"run": config, "model_config": model_config, "torch": torch.__version__, "python": platform.python_version(),
      "device": device, "gpu": gpu, "world_size": world_size, "parameters": count_parameters(raw_model), "step": step},
-    f"config {json.dumps(config)}\nmodel {short_config}: {count_parameters(raw_model):,} parameters\n"
+    f"config {json.dumps(short_run)}\nmodel {short_config}: {count_parameters(raw_model):,} parameters\n"
     f"data {data_dir}: train {train_data.shape} val {val_data.shape} {train_data.dtype}, d = {d}\n"
     f"torch {torch.__version__}, python {platform.python_version()}, device {device} ({gpu}), "
     f"world size {world_size}, {'resuming from ' + resume_path + ' at step ' + str(step) if resume_path else 'fresh start'}")

@@ -98,6 +98,11 @@ def test_resume_repeats_uninterrupted_run(data_dir, tmp_path):
     assert torch.load(tmp_path / "full" / "ckpt_prev.pt", weights_only=True)["step"] == 2
     model, ckpt = load_model(str(tmp_path / "full" / "ckpt.pt"), kind="energy")
     assert ckpt["config"]["max_steps"] == 4 and ckpt["model_config"]["channels"] == 1
+    # the default conditioning: data statistics measured on the 80 training images, in both configs
+    spectrum = ckpt["model_config"]["data_spectrum"]
+    assert len(spectrum) == 64 and list(spectrum) == ckpt["config"]["data_spectrum"]
+    assert ckpt["config"]["data_var"] == ckpt["model_config"]["data_var"] > 0
+    assert b["model_config"]["data_spectrum"] == spectrum          # the resumed run read it back
     with open(tmp_path / "full" / "config.json") as fh:
         assert json.load(fh)["ema_halflife_images"] == 8
 
