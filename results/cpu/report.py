@@ -98,7 +98,8 @@ if base:
     print(f"\npatches: Gaussian baseline {base['nll_bpd']:.4f} +- {base['nll_bpd_stderr']:.4f} bits/dim "
           f"({base['n_images']} val)")
     print("| model | steps | val NLL (bits/dim) | minus Gaussian baseline (paired per image) |\n|---|---|---|---|")
-    for run in ("patches_dual", "patches_single", "patches_dual_long", "patches_single_long", "isotropic_patches_dual",
+    for run in ("patches_dual", "patches_single", "patches_dual_long", "patches_single_long", "patches_dual_4800",
+                "patches_single_4800", "isotropic_patches_dual",
                 "isotropic_patches_single", "isotropic_patches_dual_long", "isotropic_patches_single_long"):
         r, paired = load("patches", run, "results.json"), load("patches", run, "baseline.json")
         if r and paired:

@@ -24,6 +24,15 @@ python eval.py --ckpt=$R/patches_single/ckpt.pt --data_dir=data/patches --psnr_i
     --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_single
 python eval.py --ckpt=$R/patches_dual_long/ckpt.pt --data_dir=data/patches --psnr_images=512 \
     --denoiser_ckpt=$R/patches_denoiser/ckpt.pt --out=$R/patches_dual_long
+# longer runs from scratch: 4800 steps, lr 1e-3 halved every 1600 (dual and single SM)
+P4="--preset=cpu --max_steps=4800 --lr_halve_every=1600 --eval_interval=800 --ckpt_interval=400"
+python train.py $P4 --out_dir=$R/patches_dual_4800
+python train.py $P4 --time_weight=0 --out_dir=$R/patches_single_4800
+for run in patches_dual_4800 patches_single_4800; do
+    python eval.py --ckpt=$R/$run/ckpt.pt --data_dir=data/patches --psnr_images=0 --out=$R/$run
+    python baseline.py --data_dir=data/patches --ckpt=$R/$run/ckpt.pt --out=$R/$run
+    mkdir -p results/cpu/patches/$run && cp $R/$run/log.jsonl $R/$run/results.json $R/$run/baseline.json results/cpu/patches/$run/
+done
 # the probability-flow ODE NLL of the same models on 32 validation images (eval.py's independent check)
 for run in patches_dual patches_dual_long; do
     python eval.py --ckpt=$R/$run/ckpt.pt --data_dir=data/patches --psnr_images=0 --ode_images=32 --ode_steps=24 \
