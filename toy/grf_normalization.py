@@ -1,10 +1,12 @@
 """How fast does dual score matching learn the normalization? An exact-truth study on a GRF.
 
-    python toy/grf_normalization.py --variants=paper,ours                # the issue's recipe (results/grf/halve200)
-    python toy/grf_normalization.py --variants=ours,oracle --lr_halving=500 --eval_steps=500,1000,1500,2000
-    python toy/grf_normalization.py --variants=paper,ours --steps=500 --eval_steps=0,250,500
-    python toy/grf_normalization.py --variants=paper --out=results/grf   # one variant; the table and the
-    python toy/grf_normalization.py --report_only=True --out=results/grf # figure use every variant in --out
+    python toy/grf_normalization.py --variants=paper,ours --lr_halving=500 --eval_steps=0,250,500,1000,1500,2000 \
+        --out=results/grf/halve500                                         # README "normalization"
+    python toy/grf_normalization.py --variants=ours-analytic,ours-scale,ours-log_t --lr_halving=500 \
+        --eval_steps=0,250,500,1000,1500,2000 --out=results/grf/halve500   # single-option ablations
+    python toy/grf_normalization.py --variants=paper,isotropic,ours --out=results/grf/halve200   # the issue's lr
+    python toy/grf_normalization.py --variants=paper,ours --steps=500 --eval_steps=0,250,500   # a quick look
+    python toy/grf_normalization.py --report_only=True --out=results/grf/halve500  # table + figure, every variant
 
 Data: a stationary Gaussian random field (data/grf/prepare.py; 16x16, alpha 2.5, k0 2, std 0.15,
 mean 0.5, exact entropy -1.077 bits/dim), so the true energy U*(y, t) = -log p(y, t) is known at
@@ -35,9 +37,11 @@ every 200 steps). At each step in eval_steps it measures, with delta(y, t) = U(y
     space loss at fixed noise levels (PSNR 90 ... -30 dB): the denoising cost of each variant, and
       its excess over the exact minimum mean_k lambda_k / (lambda_k + t) (the true posterior mean)
 
-Variants (VARIANTS below): paper, ours (log-t embedding + scale_energy + analytic_term), the three
-single-option ablations, and the diagnostic "oracle" (ours + the exact log-det the isotropic
-analytic term misses; real data has no such oracle). One variant per process runs in parallel.
+Variants (VARIANTS below): paper; ours (train.py's defaults: log-t embedding + scale_energy + analytic_term
+with the spectrum measured on the training fields by dataset.covariance_spectrum); its three single-option
+ablations ours-log_t, ours-scale, ours-analytic; isotropic (analytic term (d/2) log(1 + t/s^2)); and the
+diagnostic "oracle" (the GRF's exact eigenvalues, which real data do not have). One variant per process
+runs in parallel (same --out).
 Writes OUT/<variant>.json per variant, then OUT/results.json (table), OUT/grf_normalization.png.
 """
 import argparse
