@@ -185,7 +185,9 @@ if resume_path:
 # analytic_term and scale_energy need the data's pixel variance and covariance spectrum (model.py): measured
 # once by rank 0 on the training device, sent to every rank; a resumed run reads them from its checkpoint
 data_stats = dict(data_var=data_var, data_spectrum=None)
-if (analytic_term or scale_energy) and data_var is None:
+if kind == "denoiser":              # x_hat = y - t f(y, t) has no energy: the two options do not apply
+    config.update(analytic_term=False, scale_energy=False)
+elif (analytic_term or scale_energy) and data_var is None:
     if resume_path:
         data_stats = {k: ckpt_model_config.get(k) for k in data_stats}
     else:

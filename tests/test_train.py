@@ -116,6 +116,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
     assert "not finite" in run.stdout and "last good one" in run.stdout
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["kind"] == "denoiser" and 1 <= ckpt["step"] < 5
+    mc = ckpt["model_config"]                                     # no energy: no data statistics measured
+    assert not mc["analytic_term"] and not mc["scale_energy"] and mc["data_spectrum"] is None
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
