@@ -255,6 +255,19 @@ def _double_params(grp, gmask, row, rmask, w_ptr, gain_ptr, uw_ptr, ugain_ptr, U
     return w, gn, w * gn, ug, umean, tl.load(sdot_ptr + grp, mask=gmask, other=0.0)
 
 
+@triton.jit
+def _double_chunk(dy_ptr, x_ptr, ux_ptr, offs, mask, m, s, umean, s_dot, wg, ug,
+                  HAS_UX: tl.constexpr, GPP: tl.constexpr, CGB: tl.constexpr, BLOCK: tl.constexpr):
+    """_double_terms of one chunk: loads dy, x and ux (0 without it) and broadcasts the per-group m, s,
+    umean, s_dot and per-row wg, ug over the chunk; shared by both double-backward passes."""
+    if HAS_UX:
+        ux = _load_rows(ux_ptr, offs, mask)
+    else:
+        ux = tl.zeros([GPP, CGB, BLOCK], dtype=tl.float32)
+    return _double_terms(_load_rows(dy_ptr, offs, mask), _load_rows(x_ptr, offs, mask), ux, m[:, None, None],
+                         s[:, None, None], umean[:, None, None], s_dot[:, None, None], wg[:, :, None], ug[:, :, None])
+
+
 @triton.jit(do_not_specialize=["NG", "G", "C", "Cg"])
 def _double_reduce_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_ptr, m_ptr, v_ptr, vbar_ptr,
                           U1_ptr, sdot_ptr, gdy_ptr, R1_ptr, R2_ptr, R3_ptr, ggain_ptr, gwn_ptr,
@@ -274,13 +287,8 @@ def _double_reduce_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_
     P = tl.zeros([GPP, CGB], dtype=tl.float32)
     for start in range(0, HW, BLOCK):
         offs, mask = _chunk(row, rmask, start, HW, BLOCK)
-        if HAS_UX:
-            ux = _load_rows(ux_ptr, offs, mask)
-        else:
-            ux = tl.zeros([GPP, CGB, BLOCK], dtype=tl.float32)
-        xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_terms(
-            _load_rows(dy_ptr, offs, mask), _load_rows(x_ptr, offs, mask), ux, m[:, None, None], s[:, None, None],
-            umean[:, None, None], s_dot[:, None, None], wg[:, :, None], ug[:, :, None])
+        xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_chunk(
+            dy_ptr, x_ptr, ux_ptr, offs, mask, m, s, umean, s_dot, wg, ug, HAS_UX, GPP, CGB, BLOCK)
         tl.store(gdy_ptr + offs, out_dot, mask=mask)
         r1 += tl.sum(Gx * xc, axis=2)                                  # Gx, da, g_a are 0 where masked
         r2 += tl.sum(da * xc_dot, axis=2)
@@ -330,13 +338,8 @@ def _double_apply_kernel(dy_ptr, x_ptr, ux_ptr, w_ptr, gain_ptr, uw_ptr, ugain_p
     mean_Gx = tl.load(R3_ptr + grp, mask=gmask, other=0.0) / K
     for start in range(0, HW, BLOCK):
         offs, mask = _chunk(row, rmask, start, HW, BLOCK)
-        if HAS_UX:
-            ux = _load_rows(ux_ptr, offs, mask)
-        else:
-            ux = tl.zeros([GPP, CGB, BLOCK], dtype=tl.float32)
-        xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_terms(
-            _load_rows(dy_ptr, offs, mask), _load_rows(x_ptr, offs, mask), ux, m[:, None, None], s[:, None, None],
-            umean[:, None, None], s_dot[:, None, None], wg[:, :, None], ug[:, :, None])
+        xc, xhat, xc_dot, xhat_dot, out_dot, da, g_a, Gx = _double_chunk(
+            dy_ptr, x_ptr, ux_ptr, offs, mask, m, s, umean, s_dot, wg, ug, HAS_UX, GPP, CGB, BLOCK)
         gx = (s[:, None, None] * (Gx - mean_Gx[:, None, None])
               + s_dot[:, None, None] * (wg[:, :, None] * da - mean_gh[:, None, None])
               + c1[:, None, None] * xc_dot + c2[:, None, None] * xc)
