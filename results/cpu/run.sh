@@ -72,6 +72,8 @@ for run in grf_dual grf_single; do      # + the probability-flow ODE NLL of the 
     mkdir -p results/cpu/grf/$run && cp $R/$run/log.jsonl $R/$run/results.json results/cpu/grf/$run/
 done
 
+python results/cpu/ode_exact_grf.py                                # the ODE with the exact score
+
 # ----------------------------------------------------------------------------- 2b. non-Gaussian analytic truth: the warped GRF
 # the same field through y = 0.5 + 0.15 sinh(z) (z = (x - 0.5) / 0.15): exact entropy by change of variables,
 # and the Gaussian fit is 0.4 bits/dim above it, so the analytic term is no longer the whole answer
