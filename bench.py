@@ -1,4 +1,4 @@
-"""Cost of one dual score matching training step vs one plain denoiser step (SPEC 6: 3.7x on an H100).
+"""Cost of one dual score matching training step vs one plain denoiser step (docs/method.md §6: 3.7x on an H100).
 
     python bench.py                                   # small CPU config (1 thread per core here)
     python bench.py --device=cuda --batch=128 --size=64 --channels=3 --base_width=64 --num_scales=3

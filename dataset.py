@@ -1,4 +1,4 @@
-"""The project's dataset format (SPEC 4): a folder with train.npy and val.npy, arrays (N, H, W, C).
+"""The project's dataset format (docs/method.md §4): a folder with train.npy and val.npy, arrays (N, H, W, C).
 
 uint8 arrays are quantized images (divided by 255; NLL gets the +8 bits/dim offset), float32 arrays
 are continuous data used as is. Arrays are memory-mapped, never read whole.

@@ -1,4 +1,4 @@
-"""Evaluation of a trained energy model: normalization constant, NLL, denoising PSNR (SPEC 5, 6).
+"""Evaluation of a trained energy model: normalization constant, NLL, denoising PSNR (docs/method.md §5, 6).
 
     python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64                   # GPU if present
     python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --max_images=500 --device=cpu
@@ -44,7 +44,7 @@ def noisy_energies(energy_fn, x, t, generator=None):
 
 
 def log_norm_const(mean_U_tmax, d, t_max):
-    """c = (d/2) log(2 pi e t_max) - mean U(x + sqrt(t_max) z, t_max)   (SPEC 5), nats."""
+    """c = (d/2) log(2 pi e t_max) - mean U(x + sqrt(t_max) z, t_max)   (docs/method.md §5), nats."""
     return gaussian_entropy(d, t_max) - mean_U_tmax
 
 
@@ -82,7 +82,7 @@ def energies(energy_fn, images, t=0.0, n_draws=1, batch_size=256, device="cpu", 
 
 
 def estimate_log_norm_const(energy_fn, images, t_max=1e3, n_draws=1, batch_size=256, device="cpu", generator=None):
-    """(c, standard error of c) in nats (SPEC 5). With n_draws > 1 the draws of an image are
+    """(c, standard error of c) in nats (docs/method.md §5). With n_draws > 1 the draws of an image are
     averaged first, so the error is over images and counts both sources of variance."""
     U = energies(energy_fn, images, t_max, n_draws, batch_size, device, generator)
     mean_U, se = mean_and_stderr(U)
@@ -100,7 +100,7 @@ def nll(energy_fn, images, c, c_stderr, quantized, batch_size=256, device="cpu")
 
 
 def energy_denoiser(energy_fn):
-    """x_hat(y, t) = y - t grad_y U(y, t) (Tweedie / Miyasawa, SPEC 2) as a callable."""
+    """x_hat(y, t) = y - t grad_y U(y, t) (Tweedie / Miyasawa, docs/method.md §2) as a callable."""
     def x_hat(y, t):
         _, grad_y, _ = energy_and_scores(energy_fn, y, t)
         return y - t.view(-1, *[1] * (y.dim() - 1)) * grad_y
@@ -252,7 +252,7 @@ def main(argv):
         ckpt="",                 # energy checkpoint written by train.py (required)
         data_dir="",             # dataset folder with train.npy and val.npy (required)
         split="val",             # split of the NLL and the PSNR table
-        const_split="val",       # split of the normalization constant (SPEC 5: validation)
+        const_split="val",       # split of the normalization constant (docs/method.md §5: validation)
         max_images=-1,           # first N images of each split; -1 = all
         n_draws=1,               # noise draws per image for the constant
         t_max=1e3,               # noise variance of the constant

@@ -1,4 +1,4 @@
-"""The paper's analyses of a trained energy model (SPEC 7): Figs. 2-5, one function per figure.
+"""The paper's analyses of a trained energy model (docs/method.md §7): Figs. 2-5, one function per figure.
 
     python figures.py fig3 --ckpt=out/ckpt.pt --data_dir=data/imagenet64        # histogram of log p + Gumbel fit
     python figures.py fig4 --ckpt=out/ckpt.pt --data_dir=data/imagenet64        # contrast/offset, Haar sparsity
@@ -9,7 +9,7 @@
     python figures.py fig3 --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --max_images=2000 --device=cpu
 
 Each writes OUT/figN.png, OUT/figN.pdf and OUT/figN.json (the numbers behind the figure); OUT is
-the checkpoint's folder unless --out=DIR. log p is in dB/dim: 10 log10 p(x) / d (SPEC 5), with the
+the checkpoint's folder unless --out=DIR. log p is in dB/dim: 10 log10 p(x) / d (docs/method.md §5), with the
 constant c of each model from the validation split (--const_images images, --n_draws draws each).
 For Fig. 2, `subsets` writes DIR_first{N}/ and DIR_last{N}/ (the first and last N training images,
 val.npy linked), to train one model on each with `python train.py --data_dir=DIR_first{N} ...`.

@@ -1,4 +1,4 @@
-"""Dual score matching (SPEC 3): per-sample loss terms; reduction and scaling belong to the caller.
+"""Dual score matching (docs/method.md §3): per-sample loss terms; reduction and scaling belong to the caller.
 
 With y = x + sqrt(t) z, r = y - x and d the number of values per sample:
 
@@ -56,7 +56,7 @@ def dual_score_matching(energy_fn, x, t=None, time_weight=1.0, generator=None):
 
 
 def denoiser_score_matching(f_fn, x, t=None, generator=None):
-    """Per-sample loss of the plain score network x_hat = y - t f(y, t) (the SPEC's baseline).
+    """Per-sample loss of the plain score network x_hat = y - t f(y, t) (the paper's baseline).
 
     f_fn (y, t) -> f with x's shape (Denoiser.f). space = mean (x_hat - x)^2 / t
     = mean (sqrt(t) f - z)^2, the same scale as dual_score_matching's space term.

@@ -1,11 +1,11 @@
-"""The energy UNet of dual score matching (SPEC 2), from small parts to the whole model.
+"""The energy UNet of dual score matching (docs/method.md §2), from small parts to the whole model.
 
     f(y, t)       an image-to-image UNet conditioned on the noise variance t      (UNet)
     U(y, t)       = 0.5 * <y, f(y, t)>, summed over all pixels, in nats           (EnergyUNet)
     x_hat(y, t)   = y - t * f(y, t), the same UNet as a plain score network        (Denoiser)
     (U, grad_y U, dU/dt) from ONE autograd call                                    (energy_and_scores)
 
-log p(y, t) = -(U(y, t) + c) with one constant c fixed at large t (SPEC 5, eval.py).
+log p(y, t) = -(U(y, t) + c) with one constant c fixed at large t (docs/method.md §5, eval.py).
 Print the parameter count of the default config with `python model.py`.
 """
 import math
@@ -25,7 +25,7 @@ class UNetConfig:
     num_scales: int = 3             # scales of the encoder/decoder; the middle block is one below
     layers_per_block: int = 3       # convs per block (>= 2), the down/up convs included
     groups: int | None = None       # groups of every norm layer; None = one per channel (reference)
-    preserve_scale: bool = True     # scale-preserving GroupNorm (SPEC 2.2); False = plain GroupNorm
+    preserve_scale: bool = True     # scale-preserving GroupNorm (docs/method.md §2.2); False = plain GroupNorm
     emb_dim: int = 256              # width of the noise-conditioning MLP
     num_freqs: int = 32             # sinusoidal frequencies of the t embedding (64 features)
     kernel_impl: str = "auto"       # group_norm_silu path: "auto", "torch" or "triton"
@@ -70,7 +70,7 @@ class UNetConfig:
 class NoiseEmbedding(nn.Module):
     """t (B,) -> (B, emb_dim): cos and sin of u * w_k for w_k log-spaced from 1 down to 0.01.
 
-    u = t for t_embedding "paper" (SPEC 2.1): nearly constant for t < 1e-2, oscillating for t > 1e2.
+    u = t for t_embedding "paper" (docs/method.md §2.1): nearly constant for t < 1e-2, oscillating for t > 1e2.
     u = log(t + t_floor) for "log": smooth in log t over the whole range, flat for t << t_floor.
     """
 
@@ -175,7 +175,7 @@ class UNet(nn.Module):
 
 
 class EnergyUNet(nn.Module):
-    """U(y, t) = 0.5 * <y, f(y, t)> in nats, without the normalization constant c (SPEC 2).
+    """U(y, t) = 0.5 * <y, f(y, t)> in nats, without the normalization constant c (docs/method.md §2).
 
     Options (README "normalization"), with s^2 = data_var, d = C H W and lambda_j = data_spectrum:
         scale_energy    U = 0.5 <y, f(y, t)> / (s^2 + t)           (f then needs no 1/t range)
@@ -226,7 +226,7 @@ def energy_and_scores(energy_fn, y, t, create_graph=False):
 
     y (B, C, H, W) or (B, D); t (B,). Both are detached and made leaves that require grad, so
     dU/dt is the partial derivative at fixed y. With create_graph=True the scores stay in the
-    graph and a loss on them back-propagates into the parameters (double backward, SPEC 2).
+    graph and a loss on them back-propagates into the parameters (double backward, docs/method.md §2).
     """
     if t.dim() != 1 or t.shape[0] != y.shape[0]:
         raise ValueError(f"t must be (B,) = ({y.shape[0]},), got shape {tuple(t.shape)}")

@@ -21,7 +21,7 @@ Each sample has its own generator seeded by its seed (seed, seed + 1, ..., seed 
 sample does not depend on the batch size or the number of ranks; under torchrun rank r draws seeds
 r, r + world, ... and rank 0 gathers them. Writes OUT/samples.png (a grid), OUT/samples.npy
 (N, H, W, C) in [0, 1], OUT/samples.json (seeds, log p per sample, acceptance rate, evaluations)
-and prints the mean log p of the samples: -(U(x, 0) + c) with c (SPEC 5) from the validation split
+and prints the mean log p of the samples: -(U(x, 0) + c) with c (docs/method.md §5) from the validation split
 of --data_dir if given, else from constant images at prior_mean: at t_max the noise (std ~32)
 swamps the images, so U(x + sqrt(t_max) z, t_max) hardly depends on x (on a trained 32x32 model, c
 from gray images at 0, 0.45 or 0.5 matched c from the data within its standard error of 1.3 nats).
@@ -105,7 +105,7 @@ def main(argv):
         seed=0,                  # first sample seed
         n_steps=256,             # reverse diffusion steps, geometric in t
         t_max=1e3,               # starting noise variance
-        const_t=1e3,             # noise variance of the constant c (SPEC 5), whatever t_max is
+        const_t=1e3,             # noise variance of the constant c (docs/method.md §5), whatever t_max is
         t_min=1e-4,              # last noise variance (PSNR 40 dB), then one denoising step
         prior_mean=0.5,          # mean of the starting Gaussian (pixels are in [0, 1])
         mala_steps=0,            # Metropolis-adjusted Langevin steps after each step; 0 = none

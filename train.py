@@ -1,4 +1,4 @@
-"""Train an energy model U(y, t) by dual score matching (SPEC 3), or the plain denoiser baseline.
+"""Train an energy model U(y, t) by dual score matching (docs/method.md §3), or the plain denoiser baseline.
 
     python train.py                                      # the paper's colour ImageNet64 run, one GPU (or CPU)
     python train.py --preset=cpu                         # small grayscale model on data/patches, ~10 min on a CPU
@@ -34,7 +34,7 @@ from losses import denoiser_score_matching, dual_score_matching
 from model import UNetConfig, build_model, count_parameters
 
 # ----------------------------------------------------------------------------- config
-# defaults: the paper's colour ImageNet64 run (SPEC 3)
+# defaults: the paper's colour ImageNet64 run (docs/method.md §3)
 data_dir = "data/imagenet64"      # folder with train.npy and val.npy, (N, H, W, C) uint8 or float32
 out_dir = "out/imagenet64"        # config, logs and checkpoints; an existing ckpt.pt is resumed
 kind = "energy"                   # "energy": U(y, t) by dual SM; "denoiser": the plain score network baseline
@@ -51,7 +51,7 @@ ema_halflife_images = 0           # EMA of the weights, half-life in images seen
 log_interval = 100                # steps between log lines
 eval_interval = 10_000            # steps between evaluations (also after the last step)
 eval_images = 2048                # validation images used by each evaluation (the first ones)
-eval_t_max = 1e3                  # noise variance at which the normalization constant c is fixed (SPEC 5)
+eval_t_max = 1e3                  # noise variance at which the normalization constant c is fixed (docs/method.md §5)
 ckpt_interval = 5000              # steps between checkpoints (also after the last step)
 device = "auto"                   # "auto" (cuda if available), "cpu", "cuda"
 seed = 0                          # seeds the initialization, data order, flips and noise
@@ -232,7 +232,7 @@ model = DDP(net) if ddp else net                                        # DDP: g
 
 
 def save_checkpoint():
-    """Atomic: write a temporary file, keep the current ckpt.pt as ckpt_prev.pt, rename (STYLE habit 7)."""
+    """Atomic: write a temporary file, keep the current ckpt.pt as ckpt_prev.pt, rename."""
     ckpt = {"model": raw_model.state_dict(), "model_config": model_config, "kind": kind, "config": config,
             "step": step, "images_seen": step * batch_size, "optimizer": optimizer.state_dict()}
     if ema is not None:

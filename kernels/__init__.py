@@ -1,4 +1,4 @@
-"""Fused scale-preserving GroupNorm + per-sample gain + SiLU (SPEC 2.2, 8).
+"""Fused scale-preserving GroupNorm + per-sample gain + SiLU (docs/method.md §2.2, 8).
 
 `group_norm_silu` is the only entry point. impl="auto" picks the Triton kernels on CUDA tensors
 (or on CPU tensors under TRITON_INTERPRET=1) when triton imports, and the PyTorch reference

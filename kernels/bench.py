@@ -1,4 +1,4 @@
-"""Benchmark group_norm_silu: fused Triton kernels vs the eager PyTorch reference (SPEC 8).
+"""Benchmark group_norm_silu: fused Triton kernels vs the eager PyTorch reference (docs/method.md §8).
 
 For each (C, H = W) shape at a given batch: forward, forward+backward and forward+backward+double
 backward (the three passes of a dual score matching step), in ms (median of `reps`), GB/s against

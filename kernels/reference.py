@@ -1,4 +1,4 @@
-"""PyTorch reference of the fused norm/activation op (SPEC 2.2), written as explicit formulas.
+"""PyTorch reference of the fused norm/activation op (docs/method.md §2.2), written as explicit formulas.
 
 Autograd differentiates it as many times as needed, so it is the ground truth that the Triton
 kernels must match, including the double-backward terms. Statistics are computed in fp32 (fp64 if

@@ -1,5 +1,5 @@
 """Triton kernels of group_norm_silu, chained through two autograd Functions so the op is
-differentiable twice (SPEC 8):
+differentiable twice (docs/method.md §8):
 
     GNSiLU.forward           Triton forward                       saves x, weight, gain, m, v, vbar
     GNSiLU.backward          calls GNSiLUBackward.apply(dy, ...)  (recorded under create_graph=True)

@@ -72,7 +72,7 @@ def test_energy_and_scores_create_graph_keeps_graph():
 
 
 def test_time_score_identity_by_monte_carlo():
-    """dU/dt(y, t) = E[d/(2t) - ||y - x||^2 / (2 t^2) | y] (SPEC 3), x drawn from the exact posterior."""
+    """dU/dt(y, t) = E[d/(2t) - ||y - x||^2 / (2 t^2) | y] (docs/method.md §3), x drawn from the exact posterior."""
     d, n = 20, 200_000
     mu, s2 = gaussian(d)
     g = torch.Generator().manual_seed(3)
@@ -130,7 +130,7 @@ def test_expected_space_loss_equals_posterior_variance():
 
 
 def test_loss_forms_equal_the_paper_forms():
-    """space = (t/d) ||grad_y U - r/t||^2, time = (t/d)^2 (dU/dt - d/(2t) + ||r||^2/(2t^2))^2 (SPEC 3)."""
+    """space = (t/d) ||grad_y U - r/t||^2, time = (t/d)^2 (dU/dt - d/(2t) + ||r||^2/(2t^2))^2 (docs/method.md §3)."""
     d, B = 6, 5
     mu, s2 = gaussian(d)
     x = samples(mu, s2, B)

@@ -18,7 +18,7 @@ def tiny(**kw):
 
 
 def test_default_parameter_count_matches_the_reference():
-    """SPEC 2.1: 8,649,856 parameters for colour and 8,647,552 for grayscale."""
+    """docs/method.md §2.1: 8,649,856 parameters for colour and 8,647,552 for grayscale."""
     assert count_parameters(EnergyUNet(UNetConfig())) == 8_649_856
     assert count_parameters(EnergyUNet(UNetConfig(channels=1))) == 8_647_552
     assert count_parameters(Denoiser(UNetConfig())) == 8_649_856

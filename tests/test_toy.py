@@ -71,7 +71,7 @@ def test_model_energy_radial_score_and_dominant_component():
 
 
 def test_switch_radius_of_the_truth_is_analytic():
-    # equal weights, t -> 0: r^2 (1/(2 s1^2) - 1/(2 s2^2)) = log(s2 / s1)  (SPEC 7: ~1.7 for sigmas 1, 4)
+    # equal weights, t -> 0: r^2 (1/(2 s1^2) - 1/(2 s2^2)) = log(s2 / s1)  (docs/method.md §7: ~1.7 for sigmas 1, 4)
     mix = gm.ScaleMixture([1.0, 4.0], [0.5, 0.5], 1000)
     r = torch.linspace(0, 5, 20001, dtype=torch.float64)
     dominant = gm.radial_curves(mix.coefficients, r, 0.0, 0.0, 1000)[2]
@@ -87,7 +87,7 @@ def test_log_norm_const_of_the_truth_is_near_zero():
     x = mix.sample(4000, g)
     c = gm.log_norm_const(mix.energy, x, 100.0, g)
     # Monte Carlo s.e. ~0.35 nats; Gaussian approximation at t = 100 ~0.5 nats. Dropping the data
-    # variance (SPEC 5 as written) would give -(d/2) log(1 + 8.5/100) = -41 nats.
+    # variance (docs/method.md §5 as written) would give -(d/2) log(1 + 8.5/100) = -41 nats.
     assert abs(c) < 2.5, c
 
 

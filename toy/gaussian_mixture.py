@@ -1,4 +1,4 @@
-"""Fig. 1 toy: single vs dual score matching on a d-dimensional Gaussian scale mixture (SPEC 7).
+"""Fig. 1 toy: single vs dual score matching on a d-dimensional Gaussian scale mixture (docs/method.md §7).
 
     python toy/gaussian_mixture.py                                  # d=1000, sigmas 1,4: our recipe
     python toy/gaussian_mixture.py --recipe=paper                   # the paper's recipe as written
@@ -69,7 +69,7 @@ class ScaleMixture:
         return 0.5 / var, 0.5 * torch.log(2 * math.pi * var) - torch.log(self.weights) / self.d
 
     def energy(self, y, t):
-        """U*(y, t) = -log p(y, t), y (B, d), t (B,) -> (B,) float64 nats (SPEC 7)."""
+        """U*(y, t) = -log p(y, t), y (B, d), t (B,) -> (B,) float64 nats (docs/method.md §7)."""
         return radial_energy(y.double().pow(2).sum(dim=1), *self.coefficients(t), self.d)
 
     def score(self, y, t):
@@ -86,7 +86,7 @@ class ScaleMixture:
 
 class RadialEnergy(nn.Module):
     """U(y, t) = -logsumexp_k -(a_k(t) ||y||^2 + d b_k(t)), from an MLP of log(t + 0.01) with
-    4 hidden layers of 256, GELU (SPEC 7). precondition=False: the MLP outputs (a_k, b_k) (paper);
+    4 hidden layers of 256, GELU (docs/method.md §7). precondition=False: the MLP outputs (a_k, b_k) (paper);
     True: it outputs (a_k (1 + t), b_k), the same family, but a_k ||y||^2 ~ d a_k (s_k^2 + t) and
     d b_k are then both O(d) at every t (README, section toy)."""
 
@@ -146,7 +146,7 @@ def train(model, x_data, cfg, time_weight, name):
 @torch.no_grad()
 def log_norm_const(energy_fn, x, t_max, generator):
     """c with log p = -(U + c), fixed at t_max: p(y, t_max) ~ N(0, (v + t_max) I_d), v = E||x||^2 / d,
-    so c = (d/2) log(2 pi e (v + t_max)) - E[U(x + sqrt(t_max) z, t_max)] (SPEC 5, with the data's
+    so c = (d/2) log(2 pi e (v + t_max)) - E[U(x + sqrt(t_max) z, t_max)] (docs/method.md §5, with the data's
     variance v kept: at t_max = 100 and v = 8.5 dropping it biases log p by 0.18 dB/dim)."""
     n, d = x.shape
     y = x + math.sqrt(t_max) * torch.randn(x.shape, generator=generator)                   # (n, d)
@@ -258,7 +258,7 @@ def make_figure(path, r, curves, data_r, sigmas):
 
 # ----------------------------------------------------------------------------------------------
 if __name__ == "__main__":
-    RECIPES = {  # paper: SPEC 7 as written; ours: what this toy found reliable (README, section toy)
+    RECIPES = {  # paper: the paper's recipe as written; ours: what this toy found reliable (README, section toy)
         "paper": dict(steps=20000, lr=1e-4, schedule="halving", time_weight=1.0, precondition=0, time_warmup=0.0),
         "ours": dict(steps=3000, lr=1e-3, schedule="linear", time_weight=1.0, precondition=1, time_warmup=0.15),
     }

@@ -4,7 +4,7 @@
         --out=results/grf/halve500                                         # README "normalization"
     python toy/grf_normalization.py --variants=ours-analytic,ours-scale,ours-log_t --lr_halving=500 \
         --eval_steps=0,250,500,1000,1500,2000 --out=results/grf/halve500   # single-option ablations
-    python toy/grf_normalization.py --variants=paper,isotropic,ours --out=results/grf/halve200   # the lr
+    python toy/grf_normalization.py --variants=paper,isotropic,ours --out=results/grf/halve200   # lr halved every 200 steps
     python toy/grf_normalization.py --variants=paper,ours --steps=500 --eval_steps=0,250,500   # a quick look
     python toy/grf_normalization.py --report_only=True --out=results/grf/halve500  # table + figure, every variant
 
@@ -69,7 +69,7 @@ LN2 = math.log(2)
 # covariance (dataset.covariance_spectrum, what train.py does); "exact" = the GRF's true eigenvalues
 OURS = dict(t_embedding="log", analytic_term=True, scale_energy=True)
 VARIANTS = {
-    "paper": (dict(), None),                                           # SPEC 2.1: sinusoids of t, U = 0.5 <y, f>
+    "paper": (dict(), None),                                           # docs/method.md §2.1: sinusoids of t, U = 0.5 <y, f>
     "ours": (OURS, "data"),                                            # train.py's defaults
     "ours-log_t": ({**OURS, "t_embedding": "paper"}, "data"),          # single-option ablations of ours
     "ours-scale": ({**OURS, "scale_energy": False}, "data"),

@@ -1,4 +1,4 @@
-"""ImageNet64 (SPEC 4) from the official pickles to train.npy / val.npy, uint8 (N, 64, 64, C).
+"""ImageNet64 (docs/method.md §4) from the official pickles to train.npy / val.npy, uint8 (N, 64, 64, C).
 
 Download "Downsampled ImageNet 64x64" from image-net.org (Imagenet64_train_part1.zip,
 Imagenet64_train_part2.zip, Imagenet64_val.zip; Chrabaszcz et al. 2017), unzip all three into one

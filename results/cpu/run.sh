@@ -2,7 +2,7 @@
 # Every command behind the README "results" section (each after the runs it needs). From the repo root:
 #     bash results/cpu/run.sh              # all of it, one run after the other (~2-3 h on one free core)
 # Runs go to $R (checkpoints, never committed); the small result files are copied to results/cpu/.
-# During the session the trainings ran two at a time (`nohup ... &`) on a shared 2-core machine.
+# The trainings ran two at a time (`nohup ... &`) on a shared 2-core machine.
 set -euo pipefail
 export OMP_NUM_THREADS=1
 R=${R:-/tmp/results_runs}
