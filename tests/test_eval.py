@@ -7,6 +7,7 @@ eval's constant. Each command then runs once on a tiny checkpoint built here.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -168,7 +169,17 @@ def test_eval_command(tiny, capsys):
     images = np.load(os.path.join(tiny["data"], "val.npy"))[:8]
     U0 = ev.energies(model, images)
     assert abs(ev.nll_bits_per_dim(U0.mean(), r["log_norm_const"], 64, True) - saved["nll_bpd"]) < 1e-6
-    assert "NLL" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "NLL" in printed.out
+    for bar in ("constant c", "NLL", "PSNR, 9 levels", "denoiser PSNR", "ODE check"):   # progress: count, rate, ETA
+        assert re.search(bar + r": 100%.*\d+/\d+ \[[\d:]+<[\d:]+, *[\d.]+ *batch/s\]", printed.err), bar
+
+
+def test_progress_bars_on_rank_0_only(capsys, monkeypatch):
+    assert list(ev.progress(range(3), 3, "work")) == [0, 1, 2] and "work: 100%" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    assert list(ev.progress(range(3), 3, "work")) == [0, 1, 2] and capsys.readouterr().err == ""
+    assert list(ev.progress(range(3), 3)) == [0, 1, 2]                  # no label: no bar
 
 
 def test_eval_bad_input(tiny):
