@@ -29,7 +29,8 @@ import torch
 
 from configurator import configure, fail, require
 from dataset import check_finite, load_split
-from eval import SPLIT, WEIGHTS, check_config, estimate_log_norm_const, load_images, load_weights, mean_and_stderr, nll, write_json
+from eval import (SPLIT, WEIGHTS, check_config, estimate_log_norm_const, load_images, load_weights, mean_and_stderr, nll,
+                  progress, write_json)
 
 
 def flat_chunks(images, batch_size=1024):
@@ -40,11 +41,12 @@ def flat_chunks(images, batch_size=1024):
         yield x / 255.0 if images.dtype == np.uint8 else x
 
 
-def fit_gaussian(images, batch_size=1024):
+def fit_gaussian(images, batch_size=1024, desc=None):
     """(mu (D,), Sigma (D, D)) float64: sample mean and maximum-likelihood covariance of the images
-    (N, ...), accumulated chunk by chunk around the first chunk's mean (no cancellation to speak of)."""
+    (N, ...), accumulated chunk by chunk around the first chunk's mean (no cancellation to speak of).
+    desc: a progress bar with that label (eval.progress)."""
     n, shift, total, gram = 0, None, 0.0, 0.0
-    for x in flat_chunks(images, batch_size):
+    for x in progress(flat_chunks(images, batch_size), math.ceil(len(images) / batch_size), desc, "chunk"):
         shift = x.mean(dim=0) if shift is None else shift
         r = x - shift
         n, total, gram = n + len(x), total + r.sum(dim=0), gram + r.T @ r
@@ -105,14 +107,15 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     N, d = len(train), int(np.prod(train.shape[1:]))
-    mu, Sigma = fit_gaussian(train)
+    mu, Sigma = fit_gaussian(train, desc="fit on train")
     Sigma.diagonal().add_(config["ridge"])
     try:
         L = cholesky(Sigma)
     except ValueError as e:
         fail(str(e))
     del Sigma
-    nll_nats = torch.cat([gaussian_nll(x, mu, L=L) for x in flat_chunks(val)]).numpy()   # (N_val,)
+    nll_nats = torch.cat([gaussian_nll(x, mu, L=L) for x in progress(flat_chunks(val), math.ceil(len(val) / 1024),
+                                                                      f"NLL on {config['split']}", "chunk")]).numpy()
     to_bpd = 1 / (d * math.log(2))
     m, se = mean_and_stderr(nll_nats * to_bpd)
     train_nll = mean_train_nll(L, config["ridge"]) * to_bpd
