@@ -20,7 +20,8 @@ def setup_device(device="auto", tf32=False, deterministic=False):
     """The device string to use ("auto" = cuda if available, else cpu), made the current CUDA device
     (Triton kernels and cuBLAS handles launch on the current device, not on the tensors' one), with
     the backend flags set: TF32 for matrix products and convolutions on only with tf32, cuDNN's
-    benchmark off, and with deterministic, deterministic cuDNN algorithms and cuBLAS workspaces.
+    benchmark off, and with deterministic, deterministic cuDNN algorithms and cuBLAS workspaces (and a
+    warning from any other operation PyTorch knows to be non-deterministic).
     ValueError names a malformed or absent device."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,6 +42,7 @@ def setup_device(device="auto", tf32=False, deterministic=False):
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)   # warns on any op known not to be
     return device
 
 

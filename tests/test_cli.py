@@ -289,3 +289,27 @@ def test_bad_input_is_a_one_line_error(files, script, args, expected):
     command = tuple(argv[:1]) if script == "figures.py" else ()
     rc, _, stderr = run((script, *command), *argv[len(command):])
     one_line_error(rc, stderr, expected, os.path.basename(script) + ":")
+
+
+# ----------------------------------------------------------------------------- --device and the arithmetic flags
+def test_setup_device_sets_the_shared_flags():
+    from backends import full_precision, setup_device
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled())
+    try:
+        assert setup_device("cpu", tf32=True) == "cpu"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with full_precision():                                  # train.py's evaluation: fp32 whatever --tf32
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32   # restored
+        setup_device("cpu", deterministic=True)
+        assert not torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert setup_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+        for bad in ("gpu", "cuda:x", "cuda:99"):
+            with pytest.raises(ValueError, match="--device="):
+                setup_device(bad)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.backends.cudnn.deterministic = saved[2]
+        torch.use_deterministic_algorithms(saved[3])
