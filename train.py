@@ -215,6 +215,10 @@ if resume_path:
              f"{kind!r} model {model_config}; use another out_dir")
     raw_model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])      # from CPU: moments go to the parameters' device
+    for group in optimizer.param_groups:              # a checkpoint of the non-fused Adam restores its options:
+        group.update(fused=True, foreach=None)        # keep the fused one, with its step counters beside the weights
+    for p, state in optimizer.state.items():
+        state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
     if ema is not None:
         ema = [ckpt["ema"][n].to(device) for n, _ in raw_model.named_parameters()] if "ema" in ckpt else ema
     step = ckpt["step"]

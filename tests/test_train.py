@@ -108,6 +108,17 @@ def test_resume_repeats_uninterrupted_run(data_dir, tmp_path):
     assert b["model_config"]["data_spectrum"] == spectrum          # the resumed run read it back
     with open(tmp_path / "full" / "config.json") as fh:
         assert json.load(fh)["ema_halflife_images"] == 8
+    # a checkpoint of the non-fused Adam (older runs) resumes into the fused one, with the same numbers
+    old = torch.load(tmp_path / "full" / "ckpt_prev.pt", weights_only=True)
+    for group in old["optimizer"]["param_groups"]:
+        group.update(fused=None, foreach=None)
+    for state in old["optimizer"]["state"].values():
+        state["step"] = state["step"].cpu()
+    os.makedirs(tmp_path / "old")
+    torch.save(old, tmp_path / "old" / "ckpt.pt")
+    again = train(*common, "--max_steps=4", f"--out_dir={tmp_path / 'old'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert records(tmp_path / "old") == {k: v for k, v in losses_full.items() if k > 2}
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
