@@ -38,6 +38,7 @@ SCRIPTS = {
     ("data/grf/prepare.py",): ["size", "alpha", "k0", "n_train", "warp", "out"],
     ("data/imagenet64/prepare.py",): ["src", "out", "grayscale", "counts"],
     ("data/patches/prepare.py",): ["out", "size", "stride", "seed"],
+    ("data/synthetic/prepare.py",): ["n_train", "n_val", "size", "channels", "out"],
 }
 
 
