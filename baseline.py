@@ -27,6 +27,7 @@ import sys
 import numpy as np
 import torch
 
+from backends import bounded_heap
 from configurator import configure, fail, require
 from dataset import check_finite, load_split
 from eval import (SPLIT, WEIGHTS, check_config, estimate_log_norm_const, load_images, load_weights, mean_and_stderr, nll,
@@ -93,6 +94,7 @@ def main(argv):
     config = configure(config, argv, doc=__doc__, source_file=__file__, annotations=dict(split=SPLIT, weights=WEIGHTS))
     require(config["data_dir"], "needs --data_dir=DIR (a folder with train.npy and val.npy)")
     check_config(config, [("ridge", math.isfinite(config["ridge"]) and config["ridge"] >= 0, ">= 0")])
+    bounded_heap()                                                    # memory must not grow with the chunks
     try:
         train, quantized = load_split(config["data_dir"], "train")    # memory-mapped, read chunk by chunk
         val, _ = load_split(config["data_dir"], config["split"])
