@@ -64,6 +64,8 @@ class UNetConfig:
             self.image_size = tuple(int(v) for v in self.image_size)        # a JSON list comes back as a tuple
             if len(self.image_size) != 2 or min(self.image_size) < 1:
                 raise ValueError(f"image_size must be (H, W) with H, W >= 1, got {self.image_size}")
+        if self.gaussian_term and self.analytic_term:
+            raise ValueError("gaussian_term already holds the log-det that analytic_term adds: turn one off")
         if self.gaussian_term and self.image_size is None:
             raise ValueError("gaussian_term needs image_size=(H, W), the shape of the spectrum it stores")
         if self.energy_bound is not None and not 0 < self.energy_bound < math.inf:
