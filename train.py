@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from backends import full_precision, setup_device
 from configurator import config_block, configure, fail, require
-from dataset import check_finite, covariance_spectrum, load_split, to_tensor
+from dataset import check_finite, covariance_spectrum, load_split, stationary_spectrum, to_tensor
 from eval import json_safe, log_norm_const, nll_bits_per_dim, noisy_energies, score_matching_terms
 from losses import denoiser_score_matching, dual_score_matching
 from model import UNetConfig, build_model, count_parameters
@@ -59,12 +59,17 @@ device = "auto"                   # "auto" (cuda if available), "cpu", "cuda", "
 seed = 0                          # seeds the initialization, data order, flips and noise
 grad_dump = ""                    # tests: file to save the first step's averaged gradients in; "" = off
 preset = ""                       # a named config of PRESETS applied before the other overrides
-spectrum_images = 50_000          # training images whose covariance gives data_var and the spectrum (see below)
+spectrum_images = 50_000          # training images whose statistics give data_var and the spectrum (see below)
 tf32 = False                      # TF32 matrix products and convolutions on CUDA (faster, ~1e-3 relative error); False = fp32 (the paper)
 deterministic = False             # deterministic cuDNN / cuBLAS algorithms: bit-exact GPU resume, slower (docs/training.md)
-# model: the fields of model.UNetConfig but channels and data_spectrum (both measured on the data). Defaults:
-# the paper's UNet (docs/method.md §2.1), except for the noise conditioning (README "normalization": it learns
-# log Z(t) in far fewer steps); --t_embedding=paper --analytic_term=False --scale_energy=False is the paper's model.
+spectrum_floor = 1e-4             # gaussian_term: floor of the spectrum, a fraction of the pixel variance (dataset.py)
+# model: the fields of model.UNetConfig but channels, data_spectrum and image_size (measured on the data).
+# Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md):
+# U = U_G + B d tanh(r / (B d)), U_G the stationary Gaussian fitted to the training set, B = energy_bound
+# nats/dim, r = 0.5 <y - m, f> / (s^2 + t), the last conv zeroed so training starts from U_G, and log-t
+# noise conditioning. Two other settings:
+#   the previous default:  --gaussian_term=False --energy_bound=None --zero_init_out=False --analytic_term=True
+#   the paper's model:     --gaussian_term=False --energy_bound=None --zero_init_out=False --scale_energy=False --t_embedding=paper
 base_width = 64                   # channels at the finest scale; doubles at each coarser scale
 num_scales = 3                    # scales of the encoder/decoder (image sides must be divisible by 2^num_scales)
 layers_per_block = 3              # convs per block (>= 2), the down/up convs included
@@ -75,11 +80,13 @@ num_freqs = 32                    # sinusoidal frequencies of the t embedding
 kernel_impl: Literal["auto", "torch", "triton"] = "auto"   # group_norm_silu path (kernels/)
 t_embedding: Literal["paper", "log"] = "log"   # "paper": sinusoids of t; "log": of log(t + t_floor)
 t_floor = 1e-6                    # "log" only: the embedding is flat for t << t_floor (variance units)
-data_var: float | None = None     # per-pixel data variance; None = measured with the covariance spectrum; a value = isotropic analytic term
-# (data_var = None: it and the spectrum are measured on spectrum_images training images, or read from the
-# checkpoint on resume; --data_var=VALUE makes analytic_term isotropic, (d/2) log(1 + t / data_var))
-analytic_term = True              # U += the log-det of the data's Gaussian (docs/method.md §2); False = the paper
-scale_energy = True               # U = 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
+data_var: float | None = None     # s^2, per-pixel data variance; None = measured on the training set (or read
+                                  # from the checkpoint on resume); a value also makes analytic_term isotropic
+analytic_term = False             # U += the log-det of the data's full-covariance Gaussian (the previous default)
+scale_energy = True               # the network term is 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
+gaussian_term = True              # U += U_G(y, t), the stationary Gaussian fitted to the data; False = the paper
+energy_bound: float | None = 1.0  # B, nats/dim: the network term becomes B d tanh(r / (B d)); None = unbounded
+zero_init_out = True              # zero the last conv: training starts from U_G; False = PyTorch init (the paper)
 
 PRESETS = {
     "cpu": dict(                  # ~10 min on one CPU core: grayscale 32x32 patches of photographs
@@ -88,7 +95,7 @@ PRESETS = {
         batch_size=32, max_steps=600, lr=1e-3, lr_halve_every=200,
         log_interval=25, eval_interval=300, eval_images=256, ckpt_interval=100),
 }
-MODEL_KEYS = [f.name for f in fields(UNetConfig) if f.name not in ("channels", "data_spectrum")]
+MODEL_KEYS = [f.name for f in fields(UNetConfig) if f.name not in ("channels", "data_spectrum", "image_size")]
 config = configure(config_block(globals()), doc=__doc__, presets=PRESETS)
 require(all(k in config for k in MODEL_KEYS), f"train.py defines no key for the UNetConfig fields "
         f"{[k for k in MODEL_KEYS if k not in config]}: add them to its config block")
@@ -101,7 +108,9 @@ try:
     for key, ok, need in (("lr", lr > 0, "> 0"), ("beta1", 0 <= beta1 < 1, "in [0, 1)"), ("beta2", 0 <= beta2 < 1, "in [0, 1)"),
                           ("time_weight", time_weight >= 0, ">= 0"), ("eval_t_max", eval_t_max > 0, "> 0 (a noise variance)"),
                           ("ema_halflife_images", ema_halflife_images >= 0, ">= 0 (0 = no EMA)"),
-                          ("data_var", data_var is None or data_var > 0, "> 0 or None (measured)")):
+                          ("data_var", data_var is None or data_var > 0, "> 0 or None (measured)"),
+                          ("spectrum_floor", spectrum_floor > 0, "> 0 (a fraction of the pixel variance)"),
+                          ("energy_bound", energy_bound is None or energy_bound > 0, "> 0 or None (unbounded)")):
         if not (ok and math.isfinite(config[key] if config[key] is not None else 0.0)):
             raise ValueError(f"--{key}={config[key]}: must be {need}")
     for key in ("max_steps", "batch_size", "grad_accum", "lr_halve_every", "log_interval", "eval_interval",
@@ -174,27 +183,38 @@ resume_path, ckpt, error = from_rank0((resume_path, ckpt, error))
 require(error is None, error)
 if resume_path:
     ckpt_model_config, ckpt_kind = ckpt["model_config"], ckpt["kind"]
-# analytic_term and scale_energy need the data's pixel variance and covariance spectrum (model.py): measured
-# once by rank 0 on the training device, sent to every rank; a resumed run reads them from its checkpoint
-data_stats = dict(data_var=data_var, data_spectrum=None)
-if kind == "denoiser":              # x_hat = y - t f(y, t) has no energy: the two options do not apply
-    config.update(analytic_term=False, scale_energy=False)
-elif (analytic_term or scale_energy) and data_var is None:
-    if resume_path:
-        data_stats = {k: ckpt_model_config.get(k) for k in data_stats}
-    else:
-        stats = None
-        if master:
-            try:
+# gaussian_term needs the data's mean and spectrum (dataset.stationary_spectrum), analytic_term and scale_energy
+# the pixel variance (and analytic_term the covariance spectrum): measured once by rank 0 on the training device,
+# sent to every rank; a resumed run reads them from its checkpoint (the Gaussian term's buffers are in its state_dict)
+data_stats, gaussian = dict(data_var=data_var, data_spectrum=None), None
+if kind == "denoiser":              # x_hat = y - t f(y, t) has no energy: the options do not apply
+    config.update(analytic_term=False, scale_energy=False, gaussian_term=False, energy_bound=None, zero_init_out=False)
+elif resume_path and (gaussian_term or analytic_term or scale_energy) and data_var is None:
+    data_stats = {k: ckpt_model_config.get(k) for k in data_stats}
+elif gaussian_term and analytic_term:
+    fail("gaussian_term already holds the log-det that analytic_term adds: turn one off "
+         "(--analytic_term=False, the default)")
+elif gaussian_term or ((analytic_term or scale_energy) and data_var is None):
+    stats = None
+    if master:
+        try:
+            if gaussian_term:
+                mean, P, _ = stationary_spectrum(train_data, spectrum_images, spectrum_floor, device=device)
+                var = P.diagonal(dim1=-2, dim2=-1).real.mean().item() / (1 + spectrum_floor)   # the pixel variance
+                stats = dict(data_var=data_var or var, data_spectrum=None, gaussian=(mean.cpu(), P.cpu()))  # CPU: a
+                # pickled CUDA tensor would land on rank 0's GPU on every rank
+            else:
                 var, spectrum = covariance_spectrum(train_data, spectrum_images, device=device)
                 stats = dict(data_var=var, data_spectrum=spectrum)
-            except ValueError as e:
-                stats = str(e)                                          # every rank stops with the message
-        stats = from_rank0(stats)
-        require(not isinstance(stats, str), stats)
-        data_stats = stats
+        except ValueError as e:
+            stats = str(e)                                              # every rank stops with the message
+    stats = from_rank0(stats)
+    require(not isinstance(stats, str), stats)
+    gaussian = stats.pop("gaussian", None)
+    data_stats = stats
 try:
-    model_config = UNetConfig(channels=C, **{**{k: config[k] for k in MODEL_KEYS}, **data_stats}).to_dict()
+    model_config = UNetConfig(channels=C, image_size=(H, W) if config["gaussian_term"] else None,
+                              **{**{k: config[k] for k in MODEL_KEYS}, **data_stats}).to_dict()
 except ValueError as e:
     fail(str(e))
 spectrum = model_config["data_spectrum"]                                # the config records what was measured
@@ -204,6 +224,8 @@ config.update(data_var=model_config["data_var"], data_spectrum=spectrum and list
 # ----------------------------------------------------------------------------- model, optimizer, resume
 torch.manual_seed(seed)
 raw_model = build_model(kind, model_config).to(device)
+if gaussian is not None:
+    raw_model.set_gaussian(*gaussian)
 # fused: one kernel per step, and it skips the update on device when optimizer.found_inf is 1 (see the loop)
 optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2), fused=True)
 ema = [p.detach().clone() for p in raw_model.parameters()] if ema_halflife_images else None

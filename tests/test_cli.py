@@ -64,8 +64,9 @@ def run(script, *args):
 
 
 def one_line_error(rc, stderr, *expected):
-    """A non-zero exit with one line on stderr, `script: message`, holding every expected string."""
-    lines = stderr.strip().splitlines()
+    """A non-zero exit with one line on stderr, `script: message`, holding every expected string (progress
+    bars of work done before the error, eval.progress, are not counted)."""
+    lines = [line for line in stderr.strip().splitlines() if "%|" not in line]
     assert rc != 0, stderr
     assert "Traceback" not in stderr and len(lines) == 1, stderr
     for text in expected:
@@ -97,12 +98,12 @@ def test_unknown_key_is_a_one_line_error(runs, script):
 
 
 def test_train_lists_every_model_field(runs):
-    """train.py defines every UNetConfig field but the two measured on the data as a key of its own."""
+    """train.py defines every UNetConfig field but the three measured on the data as a key of its own."""
     from dataclasses import fields
 
     from model import UNetConfig
     listed = set(re.findall(r"^\s+--(\w+)=", runs[(("train.py",), "help")][1], flags=re.M))
-    missing = {f.name for f in fields(UNetConfig)} - {"channels", "data_spectrum"} - listed
+    missing = {f.name for f in fields(UNetConfig)} - {"channels", "data_spectrum", "image_size"} - listed
     assert not missing, missing
 
 
@@ -175,7 +176,10 @@ CASES = [
     ("train.py", "--data_dir={two}", "expected (N, H, W, C)"),
     ("train.py", "--data_dir={f64}", "dtype float64"),
     ("train.py", "--data_dir={odd}", "not divisible by 2^num_scales"),
-    ("train.py", "--data_dir={few}", "spectrum needs more images than dimensions"),
+    ("train.py", "--data_dir={few} --gaussian_term=False --analytic_term=True", "spectrum needs more images than dimensions"),
+    ("train.py", "--data_dir={data} --analytic_term=True", "turn one off"),
+    ("train.py", "--data_dir={data} --spectrum_floor=0", "--spectrum_floor=0.0: must be > 0"),
+    ("train.py", "--data_dir={data} --energy_bound=-1", "--energy_bound=-1.0: must be > 0 or None"),
     ("train.py", "--data_dir={nan}", "train.npy: image 5 (0-based) has non-finite pixels"),
     ("train.py", "--data_dir={nan} --kind=denoiser", "train.npy: image 5"),
     ("train.py", "--data_dir={empty}", "holds no images"),

@@ -172,7 +172,7 @@ def test_eval_command(tiny, capsys):
     printed = capsys.readouterr()
     assert "NLL" in printed.out
     for bar in ("constant c", "NLL", "PSNR, 9 levels", "denoiser PSNR", "ODE check"):   # progress: count, rate, ETA
-        assert re.search(bar + r": 100%.*\d+/\d+ \[[\d:]+<[\d:]+, *[\d.]+ *batch/s\]", printed.err), bar
+        assert re.search(bar + r": 100%.*\d+/\d+ \[[\d:]+<[\d:]+, *[\d.]+ *(batch/s|s/batch)\]", printed.err), bar
 
 
 def test_progress_bars_on_rank_0_only(capsys, monkeypatch):
