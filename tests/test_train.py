@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from eval import load_weights
 from model import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +102,11 @@ def test_resume_repeats_uninterrupted_run(data_dir, tmp_path):
     assert torch.load(tmp_path / "full" / "ckpt_prev.pt", weights_only=True)["step"] == 2
     model, ckpt = load_model(str(tmp_path / "full" / "ckpt.pt"), kind="energy")
     assert ckpt["config"]["max_steps"] == 4 and ckpt["model_config"]["channels"] == 1
+    assert ckpt["config"]["image_shape"] == [8, 8, 1]               # eval / sample / figures need no data_dir
+    ema_model, ema_ckpt = load_weights(str(tmp_path / "full" / "ckpt.pt"), "cpu")   # the EMA by default
+    assert ema_ckpt["weights"] == "ema"
+    for name, p in ema_model.named_parameters():
+        assert torch.equal(p.detach(), a["ema"][name]), name
     # the default confining energy: the Gaussian term measured on the 80 training images (its buffers are in
     # the state_dict, compared above), the pixel variance in both configs, read back by the resumed run
     mc = ckpt["model_config"]
