@@ -21,12 +21,15 @@ import math
 import os
 import sys
 import time
+import zipfile
+from typing import Literal
 
 import numpy as np
 import torch
 
-from configurator import configure
-from dataset import load_split, to_tensor
+from backends import setup_device
+from configurator import configure, fail, require
+from dataset import check_finite, load_split, to_tensor
 from losses import add_noise
 from model import energy_and_scores, load_model
 
@@ -55,8 +58,48 @@ def nll_bits_per_dim(mean_U0, c, d, quantized):
 
 
 # ----------------------------------------------------------------------------- building blocks
+SPLIT = Literal["train", "val"]                      # the splits of a dataset folder
+WEIGHTS = Literal["auto", "ema", "model"]            # which weights of a checkpoint (load_weights)
 PSNR_IN = (90, 75, 60, 45, 30, 15, 0, -15, -30)       # Table 1's input PSNRs, dB; t = 10^(-PSNR/10)
 DB_PER_NAT = 10 / math.log(10)                        # log p in dB/dim = DB_PER_NAT * log p / d
+
+
+def progress(iterable, total, desc=None, unit="it"):
+    """iterable wrapped in a tqdm progress bar on stderr (count, rate, ETA) when desc is given, else as is
+    (with an update() that does nothing when iterable is None). A bar redraws at most once a second on a
+    terminal and once every 30 s in a log file; only rank 0 of a torchrun job draws one."""
+    if desc is None or int(os.environ.get("RANK", "0")) != 0:
+        return iterable if iterable is not None else _NoBar()
+    from tqdm import tqdm
+    tty = sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0 if tty else 30.0,
+                ascii=not tty, dynamic_ncols=tty)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def json_safe(value):
+    """value with every non-finite float replaced by None, so that json.dumps(..., allow_nan=False) writes
+    valid JSON (NaN and Infinity are not JSON)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path, value):
+    """value as indented, valid JSON (non-finite floats as null) at path."""
+    with open(path, "w") as f:
+        json.dump(json_safe(value), f, indent=1, allow_nan=False)
 
 
 def batches(images, batch_size, device):
@@ -72,29 +115,31 @@ def mean_and_stderr(v):
     return float(v.mean()), float(se)
 
 
-def energies(energy_fn, images, t=0.0, n_draws=1, batch_size=256, device="cpu", generator=None):
-    """(N,) float64: U(x + sqrt(t) z, t) per image, averaged over n_draws noise draws (t=0: U(x, 0))."""
+def energies(energy_fn, images, t=0.0, n_draws=1, batch_size=256, device="cpu", generator=None, desc=None):
+    """(N,) float64: U(x + sqrt(t) z, t) per image, averaged over n_draws noise draws (t=0: U(x, 0)).
+    desc: a progress bar with that label on stderr (rate and ETA)."""
     n_draws = n_draws if t > 0 else 1
     out = []
-    for x in batches(images, batch_size, device):
+    for x in progress(batches(images, batch_size, device), math.ceil(len(images) / batch_size), desc, "batch"):
         U = sum(noisy_energies(energy_fn, x, t, generator).double() for _ in range(n_draws)) / n_draws
         out.append(U.cpu())
     return torch.cat(out).numpy()
 
 
-def estimate_log_norm_const(energy_fn, images, t_max=1e3, n_draws=1, batch_size=256, device="cpu", generator=None):
+def estimate_log_norm_const(energy_fn, images, t_max=1e3, n_draws=1, batch_size=256, device="cpu", generator=None,
+                            desc=None):
     """(c, standard error of c) in nats (docs/method.md §5). With n_draws > 1 the draws of an image are
     averaged first, so the error is over images and counts both sources of variance."""
-    U = energies(energy_fn, images, t_max, n_draws, batch_size, device, generator)
+    U = energies(energy_fn, images, t_max, n_draws, batch_size, device, generator, desc)
     mean_U, se = mean_and_stderr(U)
     return log_norm_const(mean_U, images[0].size, t_max), se
 
 
-def nll(energy_fn, images, c, c_stderr, quantized, batch_size=256, device="cpu"):
+def nll(energy_fn, images, c, c_stderr, quantized, batch_size=256, device="cpu", desc=None):
     """(NLL bits/dim, its standard error, log p per image in nats (N,)). The error adds the
     spread of U(x, 0) over images and the error of c in quadrature (independent noise draws)."""
     d = images[0].size
-    U0 = energies(energy_fn, images, 0.0, 1, batch_size, device)
+    U0 = energies(energy_fn, images, 0.0, 1, batch_size, device, desc=desc)
     mean_U0, se_U0 = mean_and_stderr(U0)
     se = math.sqrt(se_U0 ** 2 + c_stderr ** 2) / (d * math.log(2))
     return nll_bits_per_dim(mean_U0, c, d, quantized), se, -(U0 + c)
@@ -108,13 +153,16 @@ def energy_denoiser(energy_fn):
     return x_hat
 
 
-def denoising_psnr(denoise_fn, images, psnr_in=PSNR_IN, batch_size=256, device="cpu", generator=None):
+def denoising_psnr(denoise_fn, images, psnr_in=PSNR_IN, batch_size=256, device="cpu", generator=None, desc=None):
     """Table 1: for each input PSNR (dB, peak 1) the mean over images of the output PSNR
     -10 log10 mean((x_hat - x)^2) and its standard error; lists of len(psnr_in)."""
     means, ses = [], []
+    n_batches = math.ceil(len(images) / batch_size)
+    bar = progress(None, len(psnr_in) * n_batches, desc, "batch")
     for p in psnr_in:
         t, out = 10.0 ** (-p / 10), []
         for x in batches(images, batch_size, device):
+            bar.update()
             tt, _, y = add_noise(x, torch.full((x.shape[0],), t, device=x.device), generator)
             x_hat = denoise_fn(y, tt).detach()
             mse = (x_hat - x).double().pow(2).flatten(1).mean(dim=1)             # (B,)
@@ -122,7 +170,19 @@ def denoising_psnr(denoise_fn, images, psnr_in=PSNR_IN, batch_size=256, device="
         m, se = mean_and_stderr(torch.cat(out).numpy())
         means.append(m)
         ses.append(se)
+    bar.close()
     return means, ses
+
+
+def score_matching_terms(energy_fn, x, t=None, time_weight=1.0, generator=None):
+    """losses.dual_score_matching's per-sample terms {'loss', 'space', 'time'} (B,), for evaluation: the same
+    noise draws and formulas (docs/method.md §3), from scores without the double-backward graph."""
+    t, z, y = add_noise(x, t, generator)
+    d = x[0].numel()
+    _, grad_y, dU_dt = energy_and_scores(energy_fn, y, t)
+    space = (t.sqrt().view(-1, *[1] * (x.dim() - 1)) * grad_y - z).pow(2).flatten(1).mean(dim=1)
+    time = (0.5 * (1.0 - z.pow(2).flatten(1).sum(dim=1) / d) - (t / d) * dU_dt).pow(2)
+    return {"loss": space + time_weight * time, "space": space, "time": time}
 
 
 def logp_and_deff(energy_fn, x, t, c, n_draws=1, generator=None):
@@ -183,7 +243,36 @@ def ode_nll(energy_fn, x, prior_mean, t_min=1e-9, t_max=1e3, n_steps=16, n_probe
 
 # ----------------------------------------------------------------------------- command-line plumbing
 def pick_device(device):
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    """backends.setup_device (the current CUDA device, fp32 arithmetic) with a one-line error for a bad --device."""
+    try:
+        return setup_device(device)
+    except ValueError as e:
+        fail(str(e))
+
+
+def load_weights(path, device, kind="energy", weights="auto"):
+    """(model in eval mode, checkpoint) as model.load_model, with the EMA of the weights when weights is
+    "ema", or "auto" and the checkpoint holds one (train.py --ema_halflife_images > 0); "model" = the raw
+    weights. ckpt["weights"] says which. ValueError / FileNotFoundError, one line, on a bad checkpoint."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass --ckpt=PATH of a file written by train.py")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"checkpoint {path} is not a file written by train.py (torch.save writes zip archives; "
+                         f"this one is not: truncated, or another kind of file); pass the ckpt.pt of a train.py run")
+    try:
+        model, ckpt = load_model(path, device, kind=kind)
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(str(e).splitlines()[0][:400]) from None
+    if weights == "ema" and "ema" not in ckpt:
+        raise ValueError(f"checkpoint {path} holds no EMA weights (trained with --ema_halflife_images=0); "
+                         f"use --weights=model or --weights=auto")
+    use_ema = weights in ("ema", "auto") and "ema" in ckpt
+    if use_ema:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(ckpt["ema"][name])
+    ckpt["weights"] = "ema" if use_ema else "model"
+    return model, ckpt
 
 
 def trained_image_shape(ckpt):
@@ -216,10 +305,29 @@ def check_images(images, split_path, ckpt, ckpt_path):
 
 
 def load_images(data_dir, split, max_images, ckpt, ckpt_path):
-    """(images (N, H, W, C), quantized) of a split, the first max_images of them (-1: all)."""
+    """(images (N, H, W, C), quantized) of a split, the first max_images of them (-1: all), checked
+    against the checkpoint and for non-finite pixels (float32 data, chunk by chunk)."""
     images, quantized = load_split(data_dir, split)
-    check_images(images, os.path.join(data_dir, f"{split}.npy"), ckpt, ckpt_path)
-    return (images if max_images < 0 else images[:max_images]), quantized
+    path = os.path.join(data_dir, f"{split}.npy")
+    if len(images) == 0:
+        raise ValueError(f"{path} holds no images; prepare the data again")
+    check_images(images, path, ckpt, ckpt_path)
+    images = images if max_images < 0 else images[:max_images]
+    check_finite(images, path)
+    return images, quantized
+
+
+def check_config(config, rules):
+    """fail() on the first (key, ok, requirement) of rules whose ok is False, naming the value and the rule."""
+    for key, ok, need in rules:
+        if not ok:
+            fail(f"--{key}={config[key]}: must be {need}")
+
+
+def positive(config, *keys):
+    """Rules: each key a finite number > 0."""
+    return [(k, isinstance(config[k], (int, float)) and math.isfinite(config[k]) and config[k] > 0, "> 0")
+            for k in keys]
 
 
 def main(argv):
@@ -237,40 +345,54 @@ def main(argv):
         ode_steps=16,            # Runge-Kutta 4 steps of the ODE (4 network evaluations each)
         ode_probes=1,            # Hutchinson probes per image (each one more Hessian-vector product)
         ode_t_min=1e-9,          # the ODE starts at this noise variance
+        weights="auto",          # "ema": the EMA of the weights, "model": the raw ones, "auto": EMA if saved
         batch_size=256,          # images per forward pass
-        device="auto",           # "auto" = cuda if available, else cpu
+        device="auto",           # "auto" = cuda if available, else cpu; cpu, cuda, cuda:N
         seed=0,                  # seed of the noise draws
         out="",                  # output folder; "" = the checkpoint's folder
     )
-    config = configure(config, argv, doc=__doc__, source_file=__file__)
-    if not config["ckpt"] or not config["data_dir"]:
-        raise SystemExit("eval.py needs --ckpt=PATH (an energy checkpoint) and --data_dir=DIR (train.npy, val.npy)")
+    config = configure(config, argv, doc=__doc__, source_file=__file__, annotations=dict(
+        split=SPLIT, const_split=SPLIT, weights=WEIGHTS))
+    require(config["ckpt"] and config["data_dir"],
+            "needs --ckpt=PATH (an energy checkpoint) and --data_dir=DIR (train.npy, val.npy)")
+    check_config(config, positive(config, "n_draws", "t_max", "ode_steps", "ode_probes", "ode_t_min", "batch_size") + [
+        ("max_images", config["max_images"] == -1 or config["max_images"] >= 1, ">= 1, or -1 for all"),
+        ("psnr_images", config["psnr_images"] >= -1, ">= 0, or -1 for max_images"),
+        ("ode_images", config["ode_images"] >= 0, ">= 0 (0 = skip)"),
+        ("ode_t_min", config["ode_t_min"] < config["t_max"], f"< --t_max={config['t_max']}")])
     device = pick_device(config["device"])
     gen = torch.Generator(device).manual_seed(config["seed"])
     bs = config["batch_size"]
-    model, ckpt = load_model(config["ckpt"], device, kind="energy")
-    images, quantized = load_images(config["data_dir"], config["split"], config["max_images"], ckpt, config["ckpt"])
-    const_images, _ = load_images(config["data_dir"], config["const_split"], config["max_images"], ckpt, config["ckpt"])
+    try:
+        model, ckpt = load_weights(config["ckpt"], device, "energy", config["weights"])
+        images, quantized = load_images(config["data_dir"], config["split"], config["max_images"], ckpt, config["ckpt"])
+        const_images, _ = load_images(config["data_dir"], config["const_split"], config["max_images"], ckpt, config["ckpt"])
+        if config["denoiser_ckpt"]:
+            denoiser, dckpt = load_weights(config["denoiser_ckpt"], device, "denoiser", config["weights"])
+            check_images(images, os.path.join(config["data_dir"], f"{config['split']}.npy"), dckpt, config["denoiser_ckpt"])
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     d = images[0].size
 
-    c, c_se = estimate_log_norm_const(model, const_images, config["t_max"], config["n_draws"], bs, device, gen)
+    c, c_se = estimate_log_norm_const(model, const_images, config["t_max"], config["n_draws"], bs, device, gen,
+                                      desc="constant c")
     t0 = time.time()
-    nll_bpd, nll_se, logp = nll(model, images, c, c_se, quantized, bs, device)
+    nll_bpd, nll_se, logp = nll(model, images, c, c_se, quantized, bs, device, desc="NLL")
     onepass_s = time.time() - t0
     results = dict(nll_bpd=nll_bpd, nll_bpd_stderr=nll_se, log_norm_const=c, log_norm_const_stderr=c_se,
                    d=d, n_images=len(images), n_const_images=len(const_images), n_draws=config["n_draws"],
                    quantized=bool(quantized), mean_logp_db_per_dim=float(DB_PER_NAT * logp.mean() / d),
-                   onepass_seconds=onepass_s, checkpoint_step=ckpt["step"], config=config)
+                   onepass_seconds=onepass_s, checkpoint_step=ckpt["step"], weights=ckpt["weights"], config=config)
 
     n_psnr = len(images) if config["psnr_images"] < 0 else config["psnr_images"]
     if n_psnr > 0:
-        psnr_e, psnr_e_se = denoising_psnr(energy_denoiser(model), images[:n_psnr], batch_size=bs, device=device, generator=gen)
+        psnr_e, psnr_e_se = denoising_psnr(energy_denoiser(model), images[:n_psnr], batch_size=bs, device=device,
+                                           generator=gen, desc="PSNR, 9 levels")
         results["psnr"] = dict(psnr_in=list(PSNR_IN), energy=psnr_e, energy_stderr=psnr_e_se, n_images=n_psnr)
         if config["denoiser_ckpt"]:
-            denoiser, dckpt = load_model(config["denoiser_ckpt"], device, kind="denoiser")
-            check_images(images, os.path.join(config["data_dir"], f"{config['split']}.npy"), dckpt, config["denoiser_ckpt"])
             with torch.no_grad():
-                psnr_d, psnr_d_se = denoising_psnr(denoiser, images[:n_psnr], batch_size=bs, device=device, generator=gen)
+                psnr_d, psnr_d_se = denoising_psnr(denoiser, images[:n_psnr], batch_size=bs, device=device, generator=gen,
+                                                   desc="denoiser PSNR")
             results["psnr"].update(denoiser=psnr_d, denoiser_stderr=psnr_d_se)
 
     if config["ode_images"] > 0:
@@ -279,7 +401,8 @@ def main(argv):
         t0 = time.time()
         ode = torch.cat([ode_nll(model, x, prior_mean, config["ode_t_min"], config["t_max"], config["ode_steps"],
                                  config["ode_probes"], gen)[0].cpu()
-                         for x in batches(x_ode, bs, device)]).numpy()
+                         for x in progress(batches(x_ode, bs, device), math.ceil(len(x_ode) / bs), "ODE check", "batch")]
+                        ).numpy()
         ode_s = time.time() - t0
         to_bpd = 1 / (d * math.log(2))
         diff = ode + logp[:len(x_ode)]                                 # ODE NLL - one-pass NLL, nats
@@ -293,8 +416,7 @@ def main(argv):
 
     out = config["out"] or os.path.dirname(os.path.abspath(config["ckpt"]))
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(out, "results.json"), results)
     print_table(results, os.path.join(out, "results.json"))
     return results
 

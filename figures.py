@@ -14,7 +14,6 @@ constant c of each model from the validation split (--const_images images, --n_d
 For Fig. 2, `subsets` writes DIR_first{N}/ and DIR_last{N}/ (the first and last N training images,
 val.npy linked), to train one model on each with `python train.py --data_dir=DIR_first{N} ...`.
 """
-import json
 import os
 import sys
 
@@ -24,11 +23,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from configurator import configure, fail
+from configurator import configure, fail, require
 from dataset import load_split
-from eval import (DB_PER_NAT, batches, energies, estimate_log_norm_const, gaussian_entropy, load_images,
-                  logp_and_deff, pick_device)
-from model import load_model
+from eval import (DB_PER_NAT, SPLIT, WEIGHTS, batches, check_config, energies, estimate_log_norm_const, gaussian_entropy,
+                  load_images, load_weights, logp_and_deff, pick_device, positive, progress, write_json)
 
 
 # ----------------------------------------------------------------------------- analysis tools
@@ -91,8 +89,7 @@ def save(fig, numbers, out, name):
     for ext in ("png", "pdf"):
         fig.savefig(os.path.join(out, f"{name}.{ext}"), dpi=150, bbox_inches="tight")
     plt.close(fig)
-    with open(os.path.join(out, f"{name}.json"), "w") as f:
-        json.dump(numbers, f, indent=1)
+    write_json(os.path.join(out, f"{name}.json"), numbers)
     print(f"wrote {out}/{name}.png, .pdf, .json")
 
 
@@ -113,8 +110,8 @@ def as_float(images):
 def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256, device="cpu"):
     """Strong generalization: log p_A(x) against log p_B(x) over both training sets (dB/dim);
     set_a, set_b: (the first images of) the n_train training images of each model."""
-    both = np.concatenate([np.asarray(set_a), np.asarray(set_b)])
-    la, lb = logp_db(model_a, both, c_a, batch_size, device), logp_db(model_b, both, c_b, batch_size, device)
+    la, lb = (np.concatenate([logp_db(m, s, c, batch_size, device) for s in (set_a, set_b)])    # streamed
+              for m, c in ((model_a, c_a), (model_b, c_b)))
     diff = la - lb
     numbers = dict(n_train=n_train, n_a=len(set_a), n_b=len(set_b), logp_a=la.tolist(), logp_b=lb.tolist(),
                    mean_abs_diff_db=float(np.abs(diff).mean()), rms_diff_db=float(np.sqrt((diff ** 2).mean())),
@@ -224,7 +221,7 @@ def fig5(energy_fn, c, images, out, n_chosen=4, n_t=31, n_draws=1, batch_size=25
     ts = np.logspace(-12, 3, n_t)
     gen = torch.Generator(device).manual_seed(seed)
     logp_t, deff_t = [], []                                                        # (n_t, N) each
-    for t in ts:
+    for t in progress(ts, len(ts), "fig5 noise levels", "level"):
         lps, dfs = [], []
         for x in batches(images, batch_size, device):
             l, df = logp_and_deff(energy_fn, x, float(t), c, n_draws, gen)
@@ -266,7 +263,11 @@ def subsets(data_dir, n_train, out_prefix=""):
     folders = []
     for name, part in ((f"{prefix}_first{n_train}", train[:n_train]), (f"{prefix}_last{n_train}", train[len(train) - n_train:])):
         os.makedirs(name, exist_ok=True)
-        np.save(os.path.join(name, "train.npy"), np.asarray(part))
+        copy = np.lib.format.open_memmap(os.path.join(name, "train.npy"), mode="w+", dtype=part.dtype, shape=part.shape)
+        for i in range(0, len(part), 4096):                              # chunk by chunk: memory stays bounded
+            copy[i:i + 4096] = part[i:i + 4096]
+        copy.flush()
+        del copy
         val = os.path.join(name, "val.npy")
         if os.path.lexists(val):
             os.remove(val)
@@ -284,8 +285,9 @@ COMMON = dict(
     const_images=2048,           # validation images for each model's constant c
     n_draws=1,                   # noise draws per image (constant; Fig. 5)
     t_max=1e3,                   # noise variance of the constant
+    weights="auto",              # "ema": the EMA of the weights, "model": the raw ones, "auto": EMA if saved
     batch_size=256,              # images per forward pass
-    device="auto",               # "auto" = cuda if available, else cpu
+    device="auto",               # "auto" = cuda if available, else cpu; cpu, cuda, cuda:N
     seed=0,                      # seed of the noise draws
     out="",                      # output folder; "" = the (first) checkpoint's folder
 )
@@ -319,8 +321,11 @@ COMMANDS = dict(
 
 def load_energy(path, cfg, device):
     """(model, checkpoint, c) with c from the first const_images validation images."""
-    model, ckpt = load_model(path, device, kind="energy")
-    val, _ = load_images(cfg["data_dir"], "val", cfg["const_images"], ckpt, path)
+    try:
+        model, ckpt = load_weights(path, device, "energy", cfg["weights"])
+        val, _ = load_images(cfg["data_dir"], "val", cfg["const_images"], ckpt, path)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     c, c_se = estimate_log_norm_const(model, val, cfg["t_max"], cfg["n_draws"], cfg["batch_size"], device,
                                       torch.Generator(device).manual_seed(cfg["seed"]))
     print(f"{path}: c = {c:.2f} +- {c_se:.2f} nats from {len(val)} validation images")
@@ -341,26 +346,39 @@ def main(argv):
         fail(f"usage: python figures.py {{{','.join(COMMANDS)}}} --key=value ...; the first argument must be a "
              f"command, got {argv[0] if argv else 'nothing'!r}")
     name = argv[0]
-    cfg = configure(COMMANDS[name], argv[1:], doc=f"python figures.py {name}: {FIGURE_DOCS[name]}", source_file=__file__)
+    cfg = configure(COMMANDS[name], argv[1:], doc=f"python figures.py {name}: {FIGURE_DOCS[name]}", source_file=__file__,
+                    annotations=dict(split=SPLIT, weights=WEIGHTS))
+    require(cfg["data_dir"], f"{name} needs --data_dir=DIR (a folder with train.npy and val.npy)")
+    check_config(cfg, positive(cfg, *[k for k in ("n_train", "n_shown", "n_curves", "n_grid", "haar_levels", "n_chosen",
+                                                   "n_t", "const_images", "n_draws", "t_max", "batch_size") if k in cfg]))
     if name == "subsets":
-        return subsets(cfg["data_dir"], cfg["n_train"], cfg["out_prefix"])
+        try:
+            return subsets(cfg["data_dir"], cfg["n_train"], cfg["out_prefix"])
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+    check_config(cfg, [("max_images", cfg["max_images"] == -1 or cfg["max_images"] >= 1, ">= 1, or -1 for all")])
     ckpts = [cfg["ckpt_a"], cfg["ckpt_b"]] if name == "fig2" else [cfg["ckpt"]]
-    if not all(ckpts) or not cfg["data_dir"]:
-        need = "--ckpt_a=PATH --ckpt_b=PATH" if name == "fig2" else "--ckpt=PATH"
-        raise SystemExit(f"figures.py {name} needs {need} (energy checkpoints) and --data_dir=DIR")
+    need = "--ckpt_a=PATH --ckpt_b=PATH" if name == "fig2" else "--ckpt=PATH"
+    require(all(ckpts), f"{name} needs {need} (energy checkpoints written by train.py) and --data_dir=DIR")
     device = pick_device(cfg["device"])
     out = cfg["out"] or os.path.dirname(os.path.abspath(ckpts[0]))
     bs = cfg["batch_size"]
     model, ckpt, c = load_energy(ckpts[0], cfg, device)
+    try:
+        if name == "fig2":
+            model_b, _, c_b = load_energy(ckpts[1], cfg, device)
+            train, _ = load_images(cfg["data_dir"], "train", -1, ckpt, ckpts[0])
+            n = cfg["n_train"]
+            if 2 * n > len(train):
+                raise ValueError(f"--n_train={n}: two disjoint sets need 2 N <= {len(train)} training images of "
+                                 f"{cfg['data_dir']}")
+            k = n if cfg["max_images"] < 0 else min(n, cfg["max_images"])
+        else:
+            images, quantized = load_images(cfg["data_dir"], cfg["split"], cfg["max_images"], ckpt, ckpts[0])
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     if name == "fig2":
-        model_b, _, c_b = load_energy(ckpts[1], cfg, device)
-        train, _ = load_images(cfg["data_dir"], "train", -1, ckpt, ckpts[0])
-        n = cfg["n_train"]
-        if 2 * n > len(train):
-            raise ValueError(f"--n_train={n}: two disjoint sets need 2 N <= {len(train)} training images of {cfg['data_dir']}")
-        k = n if cfg["max_images"] < 0 else min(n, cfg["max_images"])
         return fig2(model, c, model_b, c_b, train[:k], train[len(train) - n:len(train) - n + k], n, out, bs, device)
-    images, quantized = load_images(cfg["data_dir"], cfg["split"], cfg["max_images"], ckpt, ckpts[0])
     if name == "fig3":
         return fig3(model, c, images, quantized, out, cfg["n_shown"], bs, device, cfg["seed"])
     if name == "fig4":

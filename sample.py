@@ -24,7 +24,6 @@ of --data_dir if given, else from constant images at prior_mean: at t_max the no
 swamps the images, so U(x + sqrt(t_max) z, t_max) hardly depends on x (on a trained 32x32 model, c
 from gray images at 0, 0.45 or 0.5 matched c from the data within its standard error of 1.3 nats).
 """
-import json
 import math
 import os
 import sys
@@ -34,10 +33,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from configurator import configure
-from dataset import load_split
-from eval import DB_PER_NAT, check_images, estimate_log_norm_const, pick_device, trained_image_shape
-from model import energy_and_scores, load_model
+from configurator import configure, fail, require
+from eval import (DB_PER_NAT, WEIGHTS, check_config, estimate_log_norm_const, load_images, load_weights, pick_device,
+                  positive, progress, trained_image_shape, write_json)
+from model import energy_and_scores
 
 
 class SeededNoise:
@@ -55,18 +54,19 @@ class SeededNoise:
 
 
 def reverse_diffusion(energy_fn, noise, shape, t_max=1e3, t_min=1e-4, n_steps=256, mala_steps=0, mala_step=0.05,
-                      prior_mean=0.5):
-    """Samples x (B, *shape) and stats {nfe, acceptance} (module docstring for the scheme)."""
+                      prior_mean=0.5, desc=None):
+    """Samples x (B, *shape) and stats {nfe, acceptance} (module docstring for the scheme); desc: a
+    progress bar of the steps with that label (eval.progress)."""
     t = np.exp(np.linspace(math.log(t_max), math.log(t_min), n_steps + 1))     # t_0 = t_max ... t_N = t_min
 
     def U_and_grad(y, tk):
-        U, grad_y, _ = energy_and_scores(energy_fn, y, torch.full((y.shape[0],), float(tk), device=y.device))
+        U, grad_y, _ = energy_and_scores(energy_fn, y, torch.full((y.shape[0],), float(tk), device=y.device, dtype=y.dtype))
         return U, grad_y
 
     y = prior_mean + math.sqrt(t_max) * noise.randn(shape)                        # (B, *shape)
     U, grad_y = U_and_grad(y, t[0])
     nfe, accepted, proposed = 1, 0.0, 0
-    for k in range(n_steps):
+    for k in progress(range(n_steps), n_steps, desc, "step"):
         dt = t[k] - t[k + 1]
         y = y - dt * grad_y + math.sqrt(dt) * noise.randn(shape)
         U, grad_y = U_and_grad(y, t[k + 1])
@@ -112,39 +112,53 @@ def main(argv):
         image_size=0,            # H = W of the samples; 0 = the training images' size
         data_dir="",             # optional: c from this dataset's val split, not from gray images
         const_draws=4,           # noise draws per image for the constant
+        weights="auto",          # "ema": the EMA of the weights, "model": the raw ones, "auto": EMA if saved
         batch_size=64,           # samples per batch and rank
-        device="auto",           # "auto" = cuda if available, else cpu
+        device="auto",           # "auto" = cuda if available, else cpu; cpu, cuda, cuda:N
         out="",                  # output folder; "" = the checkpoint's folder
     )
-    config = configure(config, argv, doc=__doc__, source_file=__file__)
-    if not config["ckpt"]:
-        raise SystemExit("sample.py needs --ckpt=PATH (an energy checkpoint written by train.py)")
+    config = configure(config, argv, doc=__doc__, source_file=__file__, annotations=dict(weights=WEIGHTS))
+    require(config["ckpt"], "needs --ckpt=PATH (an energy checkpoint written by train.py)")
+    check_config(config, positive(config, "num_samples", "n_steps", "t_max", "const_t", "t_min", "mala_step",
+                                  "const_draws", "batch_size") + [
+        ("t_min", config["t_min"] < config["t_max"], f"< --t_max={config['t_max']}"),
+        ("mala_steps", config["mala_steps"] >= 0, ">= 0 (0 = none)"),
+        ("image_size", config["image_size"] >= 0, ">= 1, or 0 for the training images' size"),
+        ("prior_mean", math.isfinite(config["prior_mean"]), "finite")])
     ddp = "RANK" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = pick_device(config["device"])
-    if ddp and device == "cuda":
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
+    device = config["device"]
+    if ddp and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{os.environ['LOCAL_RANK']}"                          # one GPU per process
+    device = pick_device(device)                                             # also the current CUDA device
+    try:
+        model, ckpt = load_weights(config["ckpt"], device, "energy", config["weights"])
+        C = ckpt["model_config"]["channels"]
+        H, W = (config["image_size"],) * 2 if config["image_size"] else image_size_of(ckpt, config["ckpt"])
+        val = None
+        if config["data_dir"]:
+            val, _ = load_images(config["data_dir"], "val", 4096, ckpt, config["ckpt"])
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     if ddp:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    model, ckpt = load_model(config["ckpt"], device, kind="energy")
-    C = ckpt["model_config"]["channels"]
-    size = config["image_size"] or image_size_of(ckpt, config["ckpt"])
-    shape = (C, size, size)
+    shape = (C, H, W)
     d = math.prod(shape)
 
     seeds = list(range(config["seed"], config["seed"] + config["num_samples"]))
     mine, xs, stats = seeds[rank::world], [], []
+    n_batches = math.ceil(len(mine) / config["batch_size"])
     for i in range(0, len(mine), config["batch_size"]):
         batch = mine[i:i + config["batch_size"]]
         x, s = reverse_diffusion(model, SeededNoise(batch, device), shape, config["t_max"], config["t_min"],
-                                 config["n_steps"], config["mala_steps"], config["mala_step"], config["prior_mean"])
+                                 config["n_steps"], config["mala_steps"], config["mala_step"], config["prior_mean"],
+                                 desc=f"batch {i // config['batch_size'] + 1}/{n_batches}")
         xs.append(x.cpu())
         stats.append(s | {"n": len(batch)})
     x = torch.cat(xs) if xs else torch.zeros(0, *shape)
-    if ddp:
-        parts = [None] * world
-        dist.all_gather_object(parts, (mine, x, stats))
+    if ddp:                                                                  # rank 0 alone receives the samples
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object((mine, x, stats), parts, dst=0)
         dist.destroy_process_group()
     else:
         parts = [(mine, x, stats)]
@@ -156,34 +170,32 @@ def main(argv):
     accept = [s["acceptance"] * s["n"] for s in stats if s["acceptance"] is not None]
 
     images = x.permute(0, 2, 3, 1).numpy()                                            # (n, H, W, C)
-    if config["data_dir"]:
-        val, _ = load_split(config["data_dir"], "val")
-        check_images(val, os.path.join(config["data_dir"], "val.npy"), ckpt, config["ckpt"])
-        const_images, const_from = val[:4096], f"{min(len(val), 4096)} images of {config['data_dir']}/val.npy"
+    if val is not None:
+        const_images, const_from = val, f"{len(val)} images of {config['data_dir']}/val.npy"
     else:
-        const_images = np.full((256, size, size, C), config["prior_mean"], dtype=np.float32)
+        const_images = np.full((256, H, W, C), config["prior_mean"], dtype=np.float32)
         const_from = f"256 constant images at prior_mean={config['prior_mean']}"
     gen = torch.Generator(device).manual_seed(config["seed"])
     c, c_se = estimate_log_norm_const(model, const_images, config["const_t"], config["const_draws"],
                                       config["batch_size"], device, gen)
     with torch.no_grad():
-        U0 = torch.cat([model(xb.to(device), torch.zeros(xb.shape[0], device=device)).double().cpu()
+        U0 = torch.cat([model(xb.to(device), torch.zeros(xb.shape[0], device=device, dtype=xb.dtype)).double().cpu()
                         for xb in x.split(config["batch_size"])])
     logp = -(U0 + c)                                                                 # nats
     result = dict(n=len(x), seeds=seeds, n_steps=config["n_steps"], mala_steps=config["mala_steps"],
                   nfe_per_sample=stats[0]["nfe"] + 1, acceptance=sum(accept) / len(x) if accept else None,
                   log_norm_const=c, log_norm_const_stderr=c_se, log_norm_const_from=const_from,
                   mean_logp_nats=float(logp.mean()), mean_logp_db_per_dim=float(DB_PER_NAT * logp.mean() / d),
-                  mean_nll_bpd=float(-logp.mean() / (d * math.log(2))), logp_nats=logp.tolist(), config=config)
+                  mean_nll_bpd=float(-logp.mean() / (d * math.log(2))), logp_nats=logp.tolist(),
+                  weights=ckpt["weights"], config=config)
     out = config["out"] or os.path.dirname(os.path.abspath(config["ckpt"]))
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "samples.npy"), images)
-    png = grid(images.clip(0, 1), cols=math.ceil(math.sqrt(len(images))))
+    png = grid(np.nan_to_num(images, nan=0.0).clip(0, 1), cols=math.ceil(math.sqrt(len(images))))
     plt.imsave(os.path.join(out, "samples.png"), png[..., 0] if C == 1 else png, cmap="gray", vmin=0, vmax=1)
-    with open(os.path.join(out, "samples.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(os.path.join(out, "samples.json"), result)
     acc = f", MALA acceptance {result['acceptance']:.3f}" if accept else ""
-    print(f"{len(x)} samples {C}x{size}x{size}, {result['nfe_per_sample']} network evaluations each{acc}")
+    print(f"{len(x)} samples {C}x{H}x{W}, {result['nfe_per_sample']} network evaluations each{acc}")
     print(f"mean log p = {result['mean_logp_db_per_dim']:.3f} dB/dim ({result['mean_nll_bpd']:.4f} bits/dim "
           f"without the +8 offset), c = {c:.2f} +- {c_se:.2f} nats from {const_from}")
     print(f"wrote {out}/samples.png, samples.npy, samples.json")
@@ -191,12 +203,12 @@ def main(argv):
 
 
 def image_size_of(ckpt, path):
-    """The training images' size H (= W), from the checkpoint (eval.trained_image_shape)."""
+    """(H, W) of the training images, from the checkpoint (eval.trained_image_shape)."""
     shape = trained_image_shape(ckpt)
     if shape is None:
-        raise SystemExit(f"the image size is neither in checkpoint {path} nor readable from its dataset "
+        raise ValueError(f"the image size is neither in checkpoint {path} nor readable from its dataset "
                          f"{(ckpt.get('config') or {}).get('data_dir', '')!r}; pass --image_size=H")
-    return shape[0]
+    return shape[0], shape[1]
 
 
 if __name__ == "__main__":
