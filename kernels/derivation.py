@@ -48,11 +48,11 @@ How the passes below are fused (kernels/README.md, "CPU backend"). Every full-si
 per-(n, c) affine combination of at most four full-size tensors, so each output is a chain of
 addcmul's with (N, C, 1, 1) coefficients, and every sum over a group is assembled from per-channel
 sums over H, W (sum t, <t, x>, <t, ux>) instead of materialising xc, xhat, gh, Gx or xhat_dot:
-    forward          a = (x - m) alpha,  alpha = s w gain;  out = silu(a)           (a saved)
+    forward          a = (x - m) alpha,  alpha = s w gain;  out = silu(a)           (a and out saved)
     backward         da = silu_backward(dy, a)  (one aten op: dy silu'(a));         (da saved)
                      S1 = sum_hw da,  S2 = sum_hw da x  ->  A, B, P;  dx = da s w gain + x c + const
     double backward  a_dot = ux s w gain + x (s_dot w gain + s ug) + const,  g_dy = silu_backward(a_dot, a),
-                     g_a = dy silu''(a) a_dot;  sums of g_a, g_a x, da ux, ux, ux x -> R1, R2, R3, Q;
+                     g_a = sigmoid_backward((2 + a - 2 out) a_dot dy, sig) = dy silu''(a) a_dot;  sums of g_a, g_a x, da ux, ux, ux x -> R1, R2, R3, Q;
                      gx = g_a s w gain + da (s ug + s_dot w gain) + ux c1 + x c2 + const
 with ug = uw gain + w ugain. Elementwise ops keep the input's memory format (channels_last stays
 channels_last); sums over H, W accept any strides.
@@ -145,7 +145,7 @@ def _bc(t):
 
 
 def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
-    """out, and the state of the next passes: a (the SiLU input, full size), m, v, s (N, G)."""
+    """out, and the state of the next passes: a (the SiLU input, full size), m, v, s (N, G), out."""
     N, C = x.shape[:2]
     dt, out_dtype = compute_dtype(x), x.dtype
     x = x.to(dt)
@@ -155,12 +155,13 @@ def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
     v = _per_group(_dot(xc, xc), groups) / K                          # two-pass variance, (N, G)
     s = scale(v, eps, preserve_scale, order=0)
     a = xc.mul_(_bc(_per_channel(s, C) * weight.to(dt) * gain.to(dt)))   # (x - m) s w gain, in place of xc
-    return F.silu(a).to(out_dtype), (a, m, v, s)
+    out = F.silu(a).to(out_dtype)
+    return out, (a, m, v, s, out)
 
 
 def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
     """(dx, dw, dgain) and the state the double backward needs: da (full size), S1, S2, A, B, dv."""
-    a, m, v, s = state
+    a, m, v, s, _ = state
     N, C = x.shape[:2]
     dt = a.dtype
     x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
@@ -183,7 +184,7 @@ def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
 
 def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, eps=1e-5, preserve_scale=True):
     """(g_dy, gx, gw, ggain): gradients of <ux, dx> + <uw, dw> + <ugain, dgain>; any u may be None."""
-    a, m, v, s = state
+    a, m, v, s, out = state
     da, S1, S2, A, B, dv = state2
     N, C = x.shape[:2]
     dt = a.dtype
@@ -216,9 +217,9 @@ def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, e
     if ux is not None:
         a_dot.addcmul_(ux, _bc(p1))
     g_dy = torch.ops.aten.silu_backward(a_dot, a)                     # silu'(a) a_dot = out_dot
-    sig = torch.sigmoid(a)
-    g_a = torch.add(a, a * sig, alpha=-2).add_(2)                      # 2 + a (1 - 2 sig)
-    g_a.mul_(torch.addcmul(sig, sig, sig, value=-1)).mul_(a_dot).mul_(dy.to(dt))   # dy silu''(a) a_dot
+    silu_a = out if out.dtype == dt else F.silu(a)                     # a sig; out is rounded in bf16
+    g_a = torch.add(a, silu_a, alpha=-2).add_(2).mul_(a_dot).mul_(dy.to(dt))   # (2 + a (1 - 2 sig)) a_dot dy
+    g_a = torch.ops.aten.sigmoid_backward(g_a, torch.sigmoid(a))      # * sig (1 - sig): dy silu''(a) a_dot
     Sga = _sum(g_a)
     Sgaxc = torch.addcmul(_dot(g_a, x), m_c, Sga, value=-1)            # sum_hw g_a xc
     R1 = _per_group(torch.addcmul(wg * Sgaxc, ug, Pc), G)              # sum Gx xc

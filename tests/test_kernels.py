@@ -28,7 +28,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kernels
+import kernels.conv
 from kernels import derivation, group_norm_silu
+from kernels.conv import Conv, conv
 from kernels.reference import group_norm_silu_reference
 from losses import dual_score_matching
 from model import EnergyUNet, UNetConfig
@@ -224,6 +226,39 @@ def check_deterministic(impl, device="cpu"):
 def test_derived_partial_third_order_deterministic():
     check_partial_and_third_order("derived")
     check_deterministic("derived")
+
+
+# ---- kernels.conv: the convolution with a two-convolution double backward --------------------
+
+@pytest.mark.parametrize("kind", ["conv", "down", "up"])
+def test_conv_gradgradcheck(kind):
+    """The three convolutions of the UNet against autograd's numerical Jacobians in float64, to
+    second order (gradgradcheck), and equal to the module's own forward."""
+    gen = torch.Generator().manual_seed(0)
+    module = {"conv": torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), "down": torch.nn.Conv2d(3, 4, 2, stride=2, bias=False),
+              "up": torch.nn.ConvTranspose2d(3, 4, 2, stride=2, bias=False)}[kind].double()
+    x = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(conv(x, module), module(x))
+    p = (list(module.stride), list(module.padding), kind == "up", [0, 0])
+    w = module.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, w: Conv.apply(x, w, p), (x, w))
+    assert torch.autograd.gradgradcheck(lambda x, w: Conv.apply(x, w, p), (x, w))
+
+
+def test_conv_skips_unused_weight_grad():
+    """The scores (grad in the input only) do not compute the weight's gradient; .backward() does."""
+    module = torch.nn.Conv2d(2, 2, 3, padding=1, bias=False)
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    calls = []
+    real = kernels.conv._conv_grads
+    kernels.conv._conv_grads = lambda *a: calls.append(a[-1]) or real(*a)
+    try:
+        gx, = torch.autograd.grad(conv(x, module).square().sum(), x, create_graph=True)
+        assert calls == [(True, False)]
+        (gx * x).sum().backward()
+        assert module.weight.grad is not None and x.grad is not None
+    finally:
+        kernels.conv._conv_grads = real
 
 
 # ---- a tiny EnergyUNet: dual-loss parameter gradients and the ODE's Hessian-vector products ----
