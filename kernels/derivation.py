@@ -141,7 +141,7 @@ def _per_channel(t, C):
 
 
 def _bc(t):
-    return t[:, :, None, None]                                         # (N, C) -> (N, C, 1, 1)
+    return t.view(*t.shape, 1, 1)                                      # (N, C) -> (N, C, 1, 1)
 
 
 def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
