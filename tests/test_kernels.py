@@ -402,3 +402,22 @@ def test_triton_kernels_compile_for_sm90():
             if "ptxas" in str(e) and "not found" in str(e):
                 pytest.skip(f"no ptxas: {e}")
             raise
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the CPU mode of the GPU check: CPU-only machines")
+def test_gpu_check_cpu_mode(tmp_path):
+    """kernels/gpu_check.sh --cpu runs every stage of the GPU check at tiny shapes and lists the
+    CUDA-only ones as skipped (~1 min: each stage is a fresh python process)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run(["bash", "kernels/gpu_check.sh", "--cpu", f"--out_dir={tmp_path}"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    summary = (tmp_path / "summary.md").read_text()
+    for stage in ("kernel tests (CPU subset)", "kernels.bench (per pass)", "bench.py (energy vs denoiser step)",
+                  "train.py energy auto fp32", "train.py denoiser auto fp32", "torchrun --nproc_per_node=1 train.py",
+                  "eval.py", "sample.py"):
+        assert f"| {stage} | ok |" in summary, stage
+    assert "| kernel tests compiled for the GPU | SKIPPED | 0 | needs CUDA" in summary
+    assert "SKIPPED kernel tests compiled for the GPU" in r.stdout
+    assert (tmp_path / "kernels_bench.md").exists()
