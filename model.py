@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import group_norm_silu
+from kernels.conv import conv
 
 
 @dataclass
@@ -108,7 +109,12 @@ class NoiseEmbedding(nn.Module):
 
 
 class ConvNormAct(nn.Module):
-    """Bias-free conv, then group_norm_silu with a learnt per-channel weight and gain 1 + e(t)."""
+    """Bias-free conv, then group_norm_silu with a learnt per-channel weight and gain 1 + e(t).
+
+    Except on the reference path (kernel_impl "reference" / "torch"), the conv goes through
+    kernels.conv, whose double backward is two convolution calls instead of PyTorch's generic one
+    (same weights, same results; kernels/README.md "CPU profile").
+    """
 
     def __init__(self, c_in, c_out, kind, cfg):
         super().__init__()
@@ -123,9 +129,10 @@ class ConvNormAct(nn.Module):
         self.groups = cfg.groups or c_out
         self.preserve_scale = cfg.preserve_scale
         self.impl = cfg.kernel_impl
+        self.fused_conv = cfg.kernel_impl not in ("reference", "torch")
 
     def forward(self, h, emb):
-        h = self.conv(h)
+        h = conv(h, self.conv) if self.fused_conv else self.conv(h)
         gain = 1.0 + self.gain(emb)                                   # (B, c_out)
         return group_norm_silu(h, self.weight, gain, self.groups,
                                preserve_scale=self.preserve_scale, impl=self.impl)
