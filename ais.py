@@ -15,6 +15,7 @@ every level adds about the same variance to log w, ~ L^2 / K^2. The MALA moves a
 M = Sigma + t_k I (exact for the Gaussian: it becomes an isotropic target), step h (dimensionless).
 AIS only sees the modes its chains reach: it certifies Z where the probes (figures.py probes) show confinement.
 """
+import copy
 import math
 
 import numpy as np
@@ -92,7 +93,7 @@ def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0,
     H, W, C = ref.eig.shape
     d = C * H * W
     h = step * d ** (-1 / 3)
-    ref64 = ref.double()
+    ref64 = copy.deepcopy(ref).double()                                          # the model's own stays as it is
 
     def U_and_grad(y, tk):
         U, g, _ = energy_and_scores(energy_fn, y, torch.full((y.shape[0],), float(tk), device=y.device, dtype=y.dtype))
