@@ -107,6 +107,36 @@ def nll(energy_fn, images, c, c_stderr, quantized, batch_size=256, device="cpu")
     return nll_bits_per_dim(mean_U0, c, d, quantized), se, -(U0 + c)
 
 
+PROBES = dict(shift=(-16, -4, -1, 0, 1, 2, 4, 8, 16), contrast=(0, 1, 2, 4, 8, 16, 64), noise=(0, 1, 2, 4, 8, 16),
+              direction=(-16, -4, -1, 0, 1, 4, 16))
+
+
+@torch.no_grad()
+def probes(energy_fn, x, c, quantized, t_values=(0.0, 1e3), amounts=PROBES, generator=None):
+    """-log p(y, t) = (U(y, t) + c) / (d ln 2) in bits/dim (+8 for uint8 at every t, so rises read the same),
+    averaged over the images x (B, C, H, W), along paths that leave the data (docs/normalization.md):
+        shift       y = x + b                     (every pixel brighter by b)
+        contrast    y = m + a (x - m)             (m the image's mean per channel)
+        noise       y = x + b xi                  (white noise of std b, a new draw per image)
+        direction   y = x + b sqrt(d) u           (one random unit direction u, the norm of the shift b)
+    A confining energy rises along every one of them. Returns {probe: {"amounts": [...], "t=<t>": [...]}}."""
+    d = x[0].numel()
+    xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    u = torch.randn(x[0].shape, generator=generator, device=x.device, dtype=x.dtype)
+    u = u / u.norm()
+    m = x.mean(dim=(2, 3), keepdim=True)
+    paths = dict(shift=lambda b: x + b, contrast=lambda a: m + a * (x - m), noise=lambda b: x + b * xi,
+                 direction=lambda b: x + b * math.sqrt(d) * u)
+    out = {}
+    for name, values in amounts.items():
+        out[name] = {"amounts": list(values)}
+        for t in t_values:
+            tt = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+            out[name][f"t={t:g}"] = [float((energy_fn(paths[name](a), tt).double().mean() + c) / (d * math.log(2))
+                                           + (8.0 if quantized else 0.0)) for a in values]
+    return out
+
+
 def energy_denoiser(energy_fn):
     """x_hat(y, t) = y - t grad_y U(y, t) (Tweedie / Miyasawa, docs/method.md §2) as a callable."""
     def x_hat(y, t):
