@@ -7,6 +7,7 @@
     python figures.py fig2 --ckpt_a=out/first1000/ckpt.pt --ckpt_b=out/last1000/ckpt.pt \
                            --data_dir=data/imagenet64 --n_train=1000             # strong generalization
     python figures.py fig3 --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --max_images=2000 --device=cpu
+    python figures.py probes --ckpt=out/ckpt.pt --data_dir=data/patches          # NLL along paths off the data
 
 Each writes OUT/figN.png, OUT/figN.pdf and OUT/figN.json (the numbers behind the figure); OUT is
 the checkpoint's folder unless --out=DIR. log p is in dB/dim: 10 log10 p(x) / d (docs/method.md §5), with the
@@ -25,8 +26,9 @@ import torch
 
 from configurator import configure, fail, require
 from dataset import load_split
-from eval import (DB_PER_NAT, SPLIT, WEIGHTS, batches, check_config, energies, estimate_log_norm_const, gaussian_entropy,
-                  load_images, load_weights, logp_and_deff, pick_device, positive, progress, write_json)
+from eval import (DB_PER_NAT, PROBES, SPLIT, WEIGHTS, batches, check_config, energies, estimate_log_norm_const,
+                  gaussian_entropy, load_images, load_weights, logp_and_deff, pick_device, positive, probes, progress,
+                  write_json)
 
 
 # ----------------------------------------------------------------------------- analysis tools
@@ -107,6 +109,33 @@ def as_float(images):
 
 
 # ----------------------------------------------------------------------------- figures
+def fig_probes(model, c, images, quantized, out, batch_size=256, device="cpu", seed=0):
+    """-log p along the probes of eval.probes (shift, contrast, white noise, a random direction) at t = 0 and
+    t_max, for the model and, if it has one, its Gaussian term alone (docs/normalization.md)."""
+    x = torch.from_numpy(as_float(np.asarray(images))).permute(0, 3, 1, 2).to(device)     # (B, C, H, W)
+    g = torch.Generator(device).manual_seed(seed)
+    numbers = dict(n_images=len(x), log_norm_const=c, model=probes(model, x, c, quantized, generator=g))
+    if getattr(model, "gaussian", None) is not None:
+        g = torch.Generator(device).manual_seed(seed)                                   # the same draws
+        numbers["gaussian"] = probes(model.gaussian, x, model.gaussian.log_z(), quantized, generator=g)
+    fig, axes = plt.subplots(1, len(PROBES), figsize=(4 * len(PROBES), 3.4))
+    for ax, name in zip(axes, PROBES):
+        for who, style in (("model", "-"), ("gaussian", ":")):
+            if who not in numbers:
+                continue
+            r = numbers[who][name]
+            for key, colour in zip([k for k in r if k.startswith("t=")], ("C0", "C3")):
+                ax.plot(r["amounts"], r[key], style, color=colour, marker="o", ms=3, label=f"{who}, {key}")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_title(name)
+        ax.set_xlabel({"contrast": "a"}.get(name, "b"))
+    axes[0].set_ylabel("-log p, bits/dim")
+    axes[0].legend(fontsize=7)
+    save(fig, numbers, out, "probes")
+    return numbers
+
+
 def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256, device="cpu"):
     """Strong generalization: log p_A(x) against log p_B(x) over both training sets (dB/dim);
     set_a, set_b: (the first images of) the n_train training images of each model."""
@@ -312,6 +341,9 @@ COMMANDS = dict(
         n_chosen=4,        # images drawn one by one (least to most probable)
         n_t=31,            # noise levels from 1e-12 to 1e3
         **COMMON),
+    probes=dict(
+        ckpt="",           # energy checkpoint written by train.py
+        **{**COMMON, "max_images": 64}),   # images moved along each probe
     subsets=dict(
         data_dir="",       # dataset folder whose training split is cut in two
         n_train=1000,      # images in each of the two disjoint sets
@@ -335,6 +367,7 @@ def load_energy(path, cfg, device):
 FIGURE_DOCS = dict(fig2="strong generalization, log p of two models trained on disjoint sets",
                    fig3="histogram of log p with a Gumbel fit", fig4="log p against contrast, offset and Haar sparsity",
                    fig5="log p and d_eff against the noise variance t",
+                   probes="-log p along shift, contrast, noise and a random direction, at t = 0 and t_max",
                    subsets="two disjoint training sets (the first and last n_train images) for fig2")
 
 
@@ -381,6 +414,8 @@ def main(argv):
         return fig2(model, c, model_b, c_b, train[:k], train[len(train) - n:len(train) - n + k], n, out, bs, device)
     if name == "fig3":
         return fig3(model, c, images, quantized, out, cfg["n_shown"], bs, device, cfg["seed"])
+    if name == "probes":
+        return fig_probes(model, c, images, quantized, out, bs, device, cfg["seed"])
     if name == "fig4":
         return fig4(model, c, images, out, cfg["n_curves"], cfg["n_grid"], cfg["haar_levels"], bs, device)
     return fig5(model, c, images, out, cfg["n_chosen"], cfg["n_t"], cfg["n_draws"], bs, device, cfg["seed"])

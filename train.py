@@ -64,10 +64,10 @@ spectrum_floor = 1e-4             # gaussian_term: floor of the spectrum, a frac
 tf32 = False                      # TF32 matrix products and convolutions on CUDA (faster, ~1e-3 relative error); False = fp32 (the paper)
 deterministic = False             # deterministic cuDNN / cuBLAS algorithms: bit-exact GPU resume, slower (docs/training.md)
 # model: the fields of model.UNetConfig but channels, data_spectrum and image_size (measured on the data).
-# Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md):
+# Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md, §9):
 # U = U_G + B d tanh(r / (B d)), U_G the stationary Gaussian fitted to the training set, B = energy_bound
 # nats/dim, r = 0.5 <y - m, f> / (s^2 + t), the last conv zeroed so training starts from U_G, and log-t
-# noise conditioning. Two other settings:
+# noise conditioning. Two other settings of the same keys:
 #   the previous default:  --gaussian_term=False --energy_bound=None --zero_init_out=False --analytic_term=True
 #   the paper's model:     --gaussian_term=False --energy_bound=None --zero_init_out=False --scale_energy=False --t_embedding=paper
 base_width = 64                   # channels at the finest scale; doubles at each coarser scale
@@ -80,13 +80,14 @@ num_freqs = 32                    # sinusoidal frequencies of the t embedding
 kernel_impl: Literal["auto", "torch", "triton"] = "auto"   # group_norm_silu path (kernels/)
 t_embedding: Literal["paper", "log"] = "log"   # "paper": sinusoids of t; "log": of log(t + t_floor)
 t_floor = 1e-6                    # "log" only: the embedding is flat for t << t_floor (variance units)
-data_var: float | None = None     # s^2, per-pixel data variance; None = measured on the training set (or read
-                                  # from the checkpoint on resume); a value also makes analytic_term isotropic
-analytic_term = False             # U += the log-det of the data's full-covariance Gaussian (the previous default)
-scale_energy = True               # the network term is 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
-gaussian_term = True              # U += U_G(y, t), the stationary Gaussian fitted to the data; False = the paper
-energy_bound: float | None = 1.0  # B, nats/dim: the network term becomes B d tanh(r / (B d)); None = unbounded
-zero_init_out = True              # zero the last conv: training starts from U_G; False = PyTorch init (the paper)
+data_var: float | None = None     # s^2, the per-pixel data variance; None = measured on the training set (a value: isotropic analytic term)
+# (data_var = None: it and the spectrum are measured on spectrum_images training images, or read from the
+# checkpoint on resume; --data_var=VALUE makes analytic_term isotropic, (d/2) log(1 + t / data_var))
+analytic_term = False             # U += the log-det of the data's Gaussian (docs/method.md §2; the previous default)
+scale_energy = True               # r = 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
+gaussian_term = True              # U = U_G + R: the stationary Gaussian fitted to the data, exact normalizer (docs/normalization.md)
+energy_bound: float | None = 1.0  # B, nats/dim: R = B d tanh(r / (B d)), so Z(t) is within e^(+-B d) of Z_G; None = unbounded
+zero_init_out = True              # zero the last conv: training starts from U_G
 
 PRESETS = {
     "cpu": dict(                  # ~10 min on one CPU core: grayscale 32x32 patches of photographs
