@@ -1,10 +1,13 @@
-"""Hand-derived backward and double backward of group_norm_silu, in plain PyTorch (llm.c style).
+"""Hand-derived backward and double backward of group_norm_silu, and the PyTorch backend built on them.
 
-These are the formulas the Triton kernels implement (triton_impl.py uses the same names);
-tests/test_kernels.py checks them against autograd of reference.py in float64, and the kernels
-against the reference. The per-group coefficient steps (`scale`, `backward_coefs`,
-`tangent_coefs`, `double_backward_coefs`) act on small (N, G) tensors and couple the groups of a
-sample through vbar; triton_impl.py's *_coef kernels compute them, one program per sample.
+The formulas below are derived by hand (llm.c style); this file implements them twice over the same
+coefficient steps: as the "derived" backend (forward / backward / double_backward, chained by
+function.py into a twice-differentiable op; the CPU path of group_norm_silu), and as the recipe
+the Triton kernels follow pass by pass (triton_impl.py uses the same names). tests/test_kernels.py
+checks this backend against autograd of reference.py in float64, every layout included. The
+per-group coefficient steps (`scale`, `backward_coefs`, `tangent_coefs`, `double_backward_coefs`)
+act on small (N, G) tensors and couple the groups of a sample through vbar; triton_impl.py's *_coef
+kernels compute them, one program per sample.
 
 Notation. x is viewed as (N, G, Cg, HW); a group holds K = Cg * HW values; sums run over a group.
     xc = x - m_g            m_g = mean x,   v_g = mean xc^2,   vbar = mean_g v_g (per sample)
@@ -40,8 +43,22 @@ The (2 dv / K) xc_dot term is the path through v_dot, whose adjoint is dv of the
 Second derivatives of s = sqrt(r), r = vbar q + eps, q = 1 / (v + eps): s_x = r_x / (2 s),
 s_xy = r_xy / (2 s) - r_x r_y / (4 s^3), with r_v = -vbar q^2, r_b = q, r_vv = 2 vbar q^3,
 r_vb = -q^2, r_bb = 0; plain: s = q^1/2, s_v = -s^3 / 2, s_vv = 3 s^5 / 4.
+
+How the passes below are fused (kernels/README.md, "CPU backend"). Every full-size quantity is a
+per-(n, c) affine combination of at most four full-size tensors, so each output is a chain of
+addcmul's with (N, C, 1, 1) coefficients, and every sum over a group is assembled from per-channel
+sums over H, W (sum t, <t, x>, <t, ux>) instead of materialising xc, xhat, gh, Gx or xhat_dot:
+    forward          a = (x - m) alpha,  alpha = s w gain;  out = silu(a)           (a saved)
+    backward         da = silu_backward(dy, a)  (one aten op: dy silu'(a));         (da saved)
+                     S1 = sum_hw da,  S2 = sum_hw da x  ->  A, B, P;  dx = da s w gain + x c + const
+    double backward  a_dot = ux s w gain + x (s_dot w gain + s ug) + const,  g_dy = silu_backward(a_dot, a),
+                     g_a = dy silu''(a) a_dot;  sums of g_a, g_a x, da ux, ux, ux x -> R1, R2, R3, Q;
+                     gx = g_a s w gain + da (s ug + s_dot w gain) + ux c1 + x c2 + const
+with ug = uw gain + w ugain. Elementwise ops keep the input's memory format (channels_last stays
+channels_last); sums over H, W accept any strides.
 """
 import torch
+import torch.nn.functional as F
 
 
 def scale(v, eps, preserve_scale, derivatives=True):
@@ -92,78 +109,117 @@ def double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K):
     return 2 * dv / K, 2 * (gv + gb / G) / K
 
 
-def silu_derivatives(a):
-    sig = torch.sigmoid(a)
-    return sig * (1 + a * (1 - sig)), sig * (1 - sig) * (2 + a * (1 - 2 * sig))
+# ---- the derived backend: per-channel sums, per-group coefficients, addcmul chains ---------------
+
+def compute_dtype(x):
+    """fp32 statistics and arithmetic whatever the input dtype (fp64 stays fp64), as reference.py."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
-def _views(x, weight, gain, groups):
-    N, C, H, W = x.shape
-    xg = x.reshape(N, groups, C // groups, H * W)                      # (N, G, Cg, HW)
-    w = weight.reshape(1, groups, C // groups, 1)
-    gn = gain.reshape(N, groups, C // groups, 1)
-    return xg, w, gn, xg.shape[2] * xg.shape[3]
+def _sum(t):
+    return t.sum(dim=(2, 3))                                           # (N, C)
+
+
+def _dot(t, u):
+    return torch.linalg.vecdot(t.flatten(2), u.flatten(2))            # (N, C): sum_hw t u
+
+
+def _per_group(t, G):
+    """(N, C) per-channel values -> (N, G) sums over the channels of each group."""
+    return t.view(t.shape[0], G, -1).sum(dim=2)
+
+
+def _per_channel(t, C):
+    """(N, G) or (N, 1) per-group values -> (N, C), each channel taking its group's value."""
+    return t.repeat_interleave(C // t.shape[1], dim=1) if t.shape[1] > 1 else t.expand(-1, C)
+
+
+def _affine(const, *pairs):
+    """const + sum_i t_i * coef_i, coefficients (N, C) broadcast over H, W: one addcmul per term."""
+    out = None
+    for t, coef in pairs:
+        coef = coef[..., None, None]
+        out = torch.addcmul(const[..., None, None], t, coef) if out is None else out.addcmul_(t, coef)
+    return out
 
 
 def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
-    """out, and the stats (m, v) per (sample, group); the same math as reference.py."""
-    xg, w, gn, K = _views(x, weight, gain, groups)
-    m = xg.mean(dim=(2, 3))                                            # (N, G)
-    xc = xg - m[..., None, None]
-    v = (xc * xc).mean(dim=(2, 3))                                     # two-pass variance
-    s = scale(v, eps, preserve_scale, derivatives=False)
-    a = xc * s[..., None, None] * w * gn
-    return torch.nn.functional.silu(a).reshape(x.shape), m, v
+    """out, and the state the backward needs: a (the SiLU input, full size), m, v (N, G)."""
+    N, C = x.shape[:2]
+    dt, out_dtype = compute_dtype(x), x.dtype
+    x = x.to(dt)
+    K = x[0].numel() // groups
+    m = _per_group(_sum(x), groups) / K                               # (N, G)
+    xc = x - _per_channel(m, C)[..., None, None]
+    v = _per_group(_dot(xc, xc), groups) / K                          # two-pass variance, (N, G)
+    s = _per_channel(scale(v, eps, preserve_scale, derivatives=False), C)
+    a = xc.mul_((s * weight.to(dt) * gain.to(dt))[..., None, None])   # (x - m) s w gain, in place of xc
+    return F.silu(a).to(out_dtype), (a, m, v)
 
 
-def backward(dy, x, weight, gain, groups, eps=1e-5, preserve_scale=True):
-    """(dx, dw, dgain) from the formulas above."""
-    xg, w, gn, K = _views(x, weight, gain, groups)
-    _, m, v = forward(x, weight, gain, groups, eps, preserve_scale)
+def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
+    """(dx, dw, dgain) and the state the double backward needs: da (full size), S1, S2, A, B, dv."""
+    a, m, v = state
+    N, C = x.shape[:2]
+    dt = a.dtype
+    x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
+    K = x[0].numel() // groups
     ds = scale(v, eps, preserve_scale)
-    s = ds[0][..., None, None]
-    xc = xg - m[..., None, None]
-    xhat = xc * s
-    silu1, _ = silu_derivatives(xhat * w * gn)
-    da = dy.reshape(xg.shape) * silu1
-    gh = da * w * gn
-    A, B = (gh * xc).sum(dim=(2, 3)), gh.sum(dim=(2, 3))
-    P = (da * xhat).sum(dim=3).reshape(gain.shape)                     # (N, C)
-    c = backward_coefs(ds, A, K)[1]
-    dx = s * (gh - B[..., None, None] / K) + c[..., None, None] * xc
-    return dx.reshape(x.shape), (P * gain).sum(dim=0), P * weight
+    m_c, s_c = _per_channel(m, C), _per_channel(ds[0], C)
+    da = torch.ops.aten.silu_backward(dy.to(dt), a)                   # dy silu'(a)
+    S1, S2 = _sum(da), _dot(da, x)                                     # (N, C)
+    Pc = S2 - m_c * S1                                                 # sum_hw da xc
+    wg = weight * gain
+    A, B = _per_group(wg * Pc, groups), _per_group(wg * S1, groups)   # sum gh xc, sum gh
+    dv, c = backward_coefs(ds, A, K)
+    c_c = _per_channel(c, C)
+    alpha = s_c * wg
+    dx = _affine(-s_c * _per_channel(B, C) / K - c_c * m_c, (x, c_c), (da, alpha))   # s (gh - B / K) + c xc
+    P = s_c * Pc                                                       # sum_hw da xhat
+    return (dx, (P * gain).sum(dim=0), P * weight), (da, S1, S2, A, B, dv)
 
 
-def double_backward(dy, x, weight, gain, ux, uw, ugain, groups, eps=1e-5, preserve_scale=True):
-    """(g_dy, gx, gw, ggain): gradients of <ux, dx> + <uw, dw> + <ugain, dgain>."""
-    xg, w, gn, K = _views(x, weight, gain, groups)
-    _, m, v = forward(x, weight, gain, groups, eps, preserve_scale)
+def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, eps=1e-5, preserve_scale=True):
+    """(g_dy, gx, gw, ggain): gradients of <ux, dx> + <uw, dw> + <ugain, dgain>; any u may be None."""
+    a, m, v = state
+    da, S1, S2, A, B, dv = state2
+    N, C = x.shape[:2]
+    dt = a.dtype
+    x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
+    G, K = groups, x[0].numel() // groups
     ds = scale(v, eps, preserve_scale)
-    s = ds[0][..., None, None]
-    xc = xg - m[..., None, None]
-    xhat = xc * s
-    a = xhat * w * gn
-    silu1, silu2 = silu_derivatives(a)
-    dyg = dy.reshape(xg.shape)
-    uxg = ux.reshape(xg.shape)
-    da = dyg * silu1
-    gh = da * w * gn
-    A, B = (gh * xc).sum(dim=(2, 3)), gh.sum(dim=(2, 3))
-    dv = backward_coefs(ds, A, K)[0]
-    umean, v_dot, b_dot, s_dot = tangent_coefs(ds, uxg.sum(dim=(2, 3)), (xc * uxg).sum(dim=(2, 3)), K)
-    xc_dot = uxg - umean[..., None, None]
-    xhat_dot = xc_dot * s + xc * s_dot[..., None, None]
-    ugain_eff = uw.reshape(w.shape) * gn + w * ugain.reshape(gn.shape)  # (N, G, Cg, 1)
-    a_dot = xhat_dot * w * gn + xhat * ugain_eff
-    g_dy = silu1 * a_dot
-    g_a = dyg * silu2 * a_dot
-    Gx = g_a * w * gn + da * ugain_eff
-    R1, R2, R3 = (Gx * xc).sum(dim=(2, 3)), (gh * xc_dot).sum(dim=(2, 3)), Gx.sum(dim=(2, 3))
-    Q = (g_a * xhat + da * xhat_dot).sum(dim=3).reshape(gain.shape)    # (N, C)
-    P = (da * xhat).sum(dim=3).reshape(gain.shape)
-    c1, c2 = double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K)
-    gx = (s * (Gx - R3[..., None, None] / K) + s_dot[..., None, None] * (gh - B[..., None, None] / K)
-          + c1[..., None, None] * xc_dot + c2[..., None, None] * xc)
-    gw = (gain * Q + ugain * P).sum(dim=0)
-    ggain = weight * Q + uw * P
-    return g_dy.reshape(x.shape), gx.reshape(x.shape), gw, ggain
+    m_c, s_c = _per_channel(m, C), _per_channel(ds[0], C)
+    wg = weight * gain
+    uw = torch.zeros_like(weight) if uw is None else uw.to(dt)
+    ugain = torch.zeros_like(gain) if ugain is None else ugain.to(dt)
+    ug = uw * gain + weight * ugain                                    # (N, C)
+    if ux is not None:
+        ux = ux.to(dt)
+        U1 = _sum(ux)
+        umean, v_dot, b_dot, s_dot = tangent_coefs(ds, _per_group(U1, G), _per_group(_dot(ux, x) - m_c * U1, G), K)
+        umean_c, sdot_c = _per_channel(umean, C), _per_channel(s_dot, C)
+        Sdaux = _dot(da, ux) - umean_c * S1                            # sum_hw da xc_dot
+    else:
+        v_dot = b_dot = torch.zeros_like(v)
+        umean_c = sdot_c = Sdaux = torch.zeros_like(wg)
+    # a_dot = xhat_dot w gain + xhat ug = ux p1 + x p2 - umean p1 - m p2
+    p1, p2 = s_c * wg, sdot_c * wg + s_c * ug
+    pairs = ((x, p2),) if ux is None else ((x, p2), (ux, p1))
+    a_dot = _affine(-umean_c * p1 - m_c * p2, *pairs)
+    g_dy = torch.ops.aten.silu_backward(a_dot, a)                     # silu'(a) a_dot = out_dot
+    sig = torch.sigmoid(a)
+    g_a = torch.add(a, a * sig, alpha=-2).add_(2)                      # 2 + a (1 - 2 sig)
+    g_a.mul_(torch.addcmul(sig, sig, sig, value=-1)).mul_(a_dot).mul_(dy.to(dt))   # dy silu''(a) a_dot
+    Sga, Sgax = _sum(g_a), _dot(g_a, x)
+    Pc = S2 - m_c * S1                                                 # sum_hw da xc
+    Sgaxc = Sgax - m_c * Sga                                           # sum_hw g_a xc
+    R1 = _per_group(wg * Sgaxc + ug * Pc, G)                           # sum Gx xc
+    R2 = _per_group(wg * Sdaux, G)                                     # sum gh xc_dot
+    R3 = _per_group(wg * Sga + ug * S1, G)                             # sum Gx
+    Q = s_c * (Sgaxc + Sdaux) + sdot_c * Pc                            # sum_hw (g_a xhat + da xhat_dot)
+    P = s_c * Pc
+    c1, c2 = (_per_channel(c, C) for c in double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K))
+    const = (-s_c * _per_channel(R3, C) - sdot_c * _per_channel(B, C)) / K - c1 * umean_c - c2 * m_c
+    pairs = ((g_a, s_c * wg), (da, s_c * ug + sdot_c * wg), (x, c2)) + (() if ux is None else ((ux, c1),))
+    gx = _affine(const, *pairs)
+    return g_dy, gx, (gain * Q + ugain * P).sum(dim=0), weight * Q + uw * P

@@ -1,10 +1,9 @@
-"""Triton kernels of group_norm_silu, chained through two autograd Functions so the op is
-differentiable twice (docs/method.md §8):
+"""The Triton backend of group_norm_silu (docs/method.md §8): three passes, each a few kernel launches,
+chained by function.py into a twice-differentiable op (the same wiring as derivation.py's backend):
 
-    GNSiLU.forward           Triton forward                       saves x, weight, gain, m, v, vbar
-    GNSiLU.backward          calls GNSiLUBackward.apply(dy, ...)  (recorded under create_graph=True)
-    GNSiLUBackward.forward   Triton first backward                -> dx, dw, dgain
-    GNSiLUBackward.backward  Triton double backward               -> grads of dy, x, w, gain
+    forward          2 launches + torch mean (vbar)          -> out;  state m, v, vbar (N, G), (N,)
+    backward         3 launches + torch sum over n (dw)      -> dx, dw, dgain;  state A, B, dv (N, G)
+    double_backward  5 launches + torch sum over n (gw)      -> grads of dy, x, weight, gain
 
 The formulas, their derivation and their check against autograd are in derivation.py; these
 kernels implement them pass by pass with the same names. Two kinds of kernel:
@@ -21,15 +20,17 @@ of squared deviations), and every reduction is one program's or a torch sum over
 results are deterministic (no atomics). The only torch ops are vbar = mean_g v, the sums over
 samples giving dw, and zero-filling absent incoming grads.
 
-Under TRITON_INTERPRET=1 (read by triton when this module is imported) the kernels run on CPU
-tensors, which is how the CI tests run them.
+The kernels index NCHW-contiguous tensors: each pass copies other layouts (channels_last, slices,
+expanded gains) with _dense and returns NCHW-contiguous results; launches run under a device guard
+on the tensors' device. Under TRITON_INTERPRET=1 (read by triton when this module is imported) the
+kernels run on CPU tensors, which is how the CI tests run them.
 """
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")  # as triton reads it
 
@@ -368,72 +369,71 @@ def _block_g(groups):
     return max(32, triton.next_power_of_2(groups))
 
 
-class GNSiLU(torch.autograd.Function):
+def _guard(x):
+    """Launch on x's device, not the current one (--device=cuda:1 outside torchrun)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
-    @staticmethod
-    def forward(ctx, x, weight, gain, groups, eps, preserve_scale):
-        x, weight, gain = x.contiguous(), weight.contiguous(), gain.contiguous()
-        N, C = x.shape[:2]
-        sz, grid = _sizes(x, groups)
+
+def _dense(t):
+    """The NCHW-contiguous tensor the kernels index (a copy for channels_last, slices, expanded
+    gains); made inside a pass, so it never enters the autograd graph (function.py)."""
+    return t.contiguous()
+
+
+def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
+    """out, and the state (m, v, vbar) of the next passes."""
+    x, weight, gain = _dense(x), _dense(weight), _dense(gain)
+    N, C = x.shape[:2]
+    sz, grid = _sizes(x, groups)
+    with _guard(x):
         m = torch.empty(N, groups, device=x.device, dtype=torch.float32)
         v = torch.empty_like(m)
         _stats_kernel[grid](x, m, v, **sz)
         vbar = v.mean(dim=1)                                           # (N,)
-        out = torch.empty_like(x)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
         _forward_kernel[grid](x, weight, gain, m, v, vbar, out, eps, G=groups, C=C, PRESERVE=preserve_scale, **sz)
-        ctx.save_for_backward(x, weight, gain, m, v, vbar)
-        ctx.args = (groups, eps, preserve_scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, dy):
-        dx, dw, dgain = GNSiLUBackward.apply(dy, *ctx.saved_tensors, *ctx.args)
-        return dx, dw, dgain, None, None, None
+    return out, (m, v, vbar)
 
 
-class GNSiLUBackward(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, dy, x, weight, gain, m, v, vbar, groups, eps, preserve_scale):
-        dy = dy.contiguous()
-        N, C = x.shape[:2]
-        sz, grid = _sizes(x, groups)
+def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
+    """(dx, dw, dgain), and the state (A, B, dv) of the double backward."""
+    m, v, vbar = state
+    dy, x, weight, gain = _dense(dy), _dense(x), _dense(weight), _dense(gain)
+    N, C = x.shape[:2]
+    sz, grid = _sizes(x, groups)
+    with _guard(x):
         A, B, dv = torch.empty_like(m), torch.empty_like(m), torch.empty_like(m)
         dgain = torch.empty_like(gain)
         dwn = torch.empty(N, C, device=x.device, dtype=torch.float32)
         _backward_reduce_kernel[grid](dy, x, weight, gain, m, v, vbar, A, B, dgain, dwn, eps,
                                       G=groups, C=C, PRESERVE=preserve_scale, **sz)
         _backward_coef_kernel[(N,)](v, vbar, A, dv, eps, groups, PRESERVE=preserve_scale, BLOCK_G=_block_g(groups))
-        dx = torch.empty_like(x)
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
         _backward_apply_kernel[grid](dy, x, weight, gain, m, v, vbar, dv, B, dx, eps,
                                      G=groups, C=C, PRESERVE=preserve_scale, **sz)
-        ctx.save_for_backward(dy, x, weight, gain, m, v, vbar, A, B, dv)
-        ctx.args = (groups, eps, preserve_scale)
-        ctx.set_materialize_grads(False)
-        return dx, dwn.sum(dim=0).to(weight.dtype), dgain                # deterministic sum over n
+    return (dx, dwn.sum(dim=0), dgain), (A, B, dv)                      # deterministic sum over n
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, ux, uw, ugain):
-        if ux is None and uw is None and ugain is None:
-            return (None,) * 10
-        dy, x, weight, gain, m, v, vbar, A, B, dv = ctx.saved_tensors
-        groups, eps, preserve_scale = ctx.args
-        N, C = x.shape[:2]
-        sz, grid = _sizes(x, groups)
-        K = sz["Cg"] * sz["HW"]
-        uw = torch.zeros_like(weight) if uw is None else uw.contiguous()
-        ugain = torch.zeros_like(gain) if ugain is None else ugain.contiguous()
+
+def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, eps=1e-5, preserve_scale=True):
+    """(g_dy, gx, gw, ggain): gradients of <ux, dx> + <uw, dw> + <ugain, dgain>; any u may be None."""
+    (m, v, vbar), (A, B, dv) = state, state2
+    dy, x, weight, gain = _dense(dy), _dense(x), _dense(weight), _dense(gain)
+    N, C = x.shape[:2]
+    sz, grid = _sizes(x, groups)
+    K = sz["Cg"] * sz["HW"]
+    with _guard(x):
+        uw = torch.zeros_like(weight) if uw is None else _dense(uw)
+        ugain = torch.zeros_like(gain) if ugain is None else _dense(ugain)
         has_ux = ux is not None
         if has_ux:
-            ux = ux.contiguous()
+            ux = _dense(ux)
             U1, U2, s_dot = torch.empty_like(m), torch.empty_like(m), torch.empty_like(m)
             _tangent_reduce_kernel[grid](ux, x, m, U1, U2, **sz)
             _tangent_coef_kernel[(N,)](v, vbar, U2, s_dot, eps, groups, K, PRESERVE=preserve_scale, BLOCK_G=_block_g(groups))
         else:
             ux = x                                                     # never read when HAS_UX is False
             U1 = U2 = s_dot = torch.zeros_like(m)
-        g_dy = torch.empty_like(dy)
+        g_dy = torch.empty_like(dy, memory_format=torch.contiguous_format)
         R1, R2, R3, gvt = (torch.empty_like(m) for _ in range(4))
         ggain = torch.empty_like(gain)
         gwn = torch.empty(N, C, device=x.device, dtype=torch.float32)
@@ -442,15 +442,18 @@ class GNSiLUBackward(torch.autograd.Function):
                                     G=groups, C=C, PRESERVE=preserve_scale, HAS_UX=has_ux, **sz)
         _double_coef_kernel[(N,)](v, vbar, A, U2, R1, R2, gvt, eps, groups, K,
                                   PRESERVE=preserve_scale, BLOCK_G=_block_g(groups))
-        gx = torch.empty_like(x)
+        gx = torch.empty_like(x, memory_format=torch.contiguous_format)
         _double_apply_kernel[grid](dy, x, ux, weight, gain, uw, ugain, m, v, vbar, U1, s_dot,
                                    dv, gvt, B, R3, gx, eps,
                                    G=groups, C=C, PRESERVE=preserve_scale, HAS_UX=has_ux, **sz)
-        return g_dy, gx, gwn.sum(dim=0).to(weight.dtype), ggain, None, None, None, None, None, None
+    return g_dy, gx, gwn.sum(dim=0), ggain
 
 
-def group_norm_silu_triton(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
-    if x.device.type == "cpu" and not INTERPRETED:
-        raise RuntimeError("group_norm_silu: the Triton path got CPU tensors but triton's interpreter is off; "
-                           "set TRITON_INTERPRET=1 before kernels' Triton code is first imported, or use impl='torch'")
-    return GNSiLU.apply(x, weight, gain, groups, eps, preserve_scale)
+def usable(device):
+    """None if the kernels can run on tensors of this device, else why not (one line)."""
+    if device.type == "cpu" and not INTERPRETED:
+        return ("the Triton path got CPU tensors but triton's interpreter is off; set TRITON_INTERPRET=1 "
+                "before kernels' Triton code is first imported, or use impl='derived'")
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton kernels run on CUDA tensors (or CPU under the interpreter), not {device.type}"
+    return None
