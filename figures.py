@@ -161,6 +161,61 @@ def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256,
     return numbers
 
 
+FIG2_CURVES = [     # (panel title, y label, [(key, label)]): the quantities of toy/strong_gen.py against N
+    ("A/B disagreement", "dB/dim", [("rms_heldout", "RMS A - B, held-out"), ("mean_abs_heldout", "mean |A - B|, held-out"),
+                                    ("rms_train", "RMS A - B, training sets")]),
+    ("memorization", "dB/dim", [("own_vs_heldout", "own set - held-out"), ("own_vs_other", "own model - other model")]),
+    ("held-out NLL - exact entropy", "bits/dim", [("gap_a", "model A"), ("gap_b", "model B")]),
+]
+
+
+def fig2_panels(panels, out, entropy_bpd=None, name="fig2"):
+    """Fig. 2's layout for several N: top, one scatter of log p_A against log p_B (dB/dim) per N over
+    both training sets (held-out fields in gray); bottom, one curve per quantity against N.
+
+    panels: one dict per N with n_train, logp_a and logp_b (both models on set A then set B), n_a (how
+    many of them are set A), heldout_a and heldout_b (both on held-out), and the keys of FIG2_CURVES
+    (those missing are left out, e.g. the entropy gap on data without an exact entropy)."""
+    panels = sorted(panels, key=lambda p: p["n_train"])
+    fig = plt.figure(figsize=(3.2 * max(3, len(panels)), 7.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
+    for ax, p in zip(np.atleast_1d(top.subplots(1, len(panels))), panels):
+        la, lb, n = np.asarray(p["logp_a"]), np.asarray(p["logp_b"]), p["n_a"]
+        ax.scatter(p["heldout_a"], p["heldout_b"], s=3, c="0.75", label="held-out", rasterized=True)
+        ax.scatter(la[:n], lb[:n], s=8, alpha=0.7, label="training set A", rasterized=True)
+        ax.scatter(la[n:], lb[n:], s=8, alpha=0.7, label="training set B", rasterized=True)
+        every = np.concatenate([la, lb, p["heldout_a"], p["heldout_b"]])
+        lim = [every.min(), every.max()]
+        ax.plot(lim, lim, "k--", lw=0.7)
+        ax.set_title(f"N = {p['n_train']}", fontsize=10)
+        ax.set_xlabel("log p_A(x) (dB/dim)")
+    top.axes[0].set_ylabel("log p_B(x) (dB/dim)")
+    top.axes[0].legend(fontsize=7, loc="upper left")
+    ns = [p["n_train"] for p in panels]
+    for ax, (title, unit, keys) in zip(bottom.subplots(1, len(FIG2_CURVES)), FIG2_CURVES):
+        for key, label in keys:
+            if all(key in p for p in panels):
+                ax.plot(ns, [p[key] for p in panels], "o-", label=label)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [f"{n:g}" for n in ns])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if unit == "dB/dim":
+            ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_xlabel("N (training fields of each model)")
+        ax.set_ylabel(unit)
+        ax.set_title(title + (f" ({entropy_bpd:.3f})" if unit == "bits/dim" and entropy_bpd is not None else ""),
+                     fontsize=10)
+        ax.legend(fontsize=7)
+    curve_keys = [k for _, _, keys in FIG2_CURVES for k, _ in keys]
+    numbers = dict(entropy_bpd=entropy_bpd, panels=[
+        {**{k: p[k] for k in ("n_train", "n_a") + tuple(curve_keys) if k in p},
+         **{k: np.round(np.asarray(p[k], dtype=np.float64), 4).tolist() for k in ("logp_a", "logp_b", "heldout_a", "heldout_b")}}
+        for p in panels])
+    save(fig, numbers, out, name)
+    return numbers
+
+
 def fig3(energy_fn, c, images, quantized, out, n_shown=10, batch_size=256, device="cpu", seed=0):
     """Histogram of log p (dB/dim) with its maximum-likelihood Gumbel fit, markers for uniform noise
     and the best constant (gray) image, and images at evenly spaced log p."""
