@@ -175,7 +175,7 @@ CASES = [
     ("train.py", "--data_dir={two}", "expected (N, H, W, C)"),
     ("train.py", "--data_dir={f64}", "dtype float64"),
     ("train.py", "--data_dir={odd}", "not divisible by 2^num_scales"),
-    ("train.py", "--data_dir={few}", "spectrum needs more images than dimensions"),
+    ("train.py", "--data_dir={few} --gaussian_term=False --analytic_term=True", "spectrum needs more images than dimensions"),
     ("train.py", "--data_dir={nan}", "train.npy: image 5 (0-based) has non-finite pixels"),
     ("train.py", "--data_dir={nan} --kind=denoiser", "train.npy: image 5"),
     ("train.py", "--data_dir={empty}", "holds no images"),
