@@ -211,7 +211,7 @@ def main(argv=None):
         run("eval.py", [py, "eval.py", f"--ckpt={ckpt}", f"--data_dir={data_dir}", f"--device={dev}", "--max_images=16",
                         "--psnr_images=8", "--ode_images=2", "--ode_steps=2", f"--out={os.path.join(work, 'eval')}"],
             150, result=lambda out: "; ".join(ln.strip() for ln in out.splitlines() if "nll" in ln.lower())[-300:])
-        run("sample.py", [py, "sample.py", f"--ckpt={ckpt}", "--n=4", "--n_steps=8", f"--device={dev}",
+        run("sample.py", [py, "sample.py", f"--ckpt={ckpt}", "--num_samples=4", "--n_steps=8", f"--device={dev}",
                           f"--out={os.path.join(work, 'samples')}"], 120, result=last_line)
     failed = [s["name"] for s in stages if s["status"] == "FAILED"]
     notes.append(f"{len(failed)} stage(s) failed{': ' + ', '.join(failed) if failed else ''}; "
