@@ -4,6 +4,8 @@
     python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --max_images=500 --device=cpu
     python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --denoiser_ckpt=out_den/ckpt.pt
     python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --ode_images=64   # + ODE check
+    python eval.py --ckpt=out/ckpt.pt --data_dir=data/patches --ais_chains=64 --ais_steps=1024   # + AIS certificate
+    torchrun --standalone --nproc_per_node=8 eval.py --ckpt=... --data_dir=... --ais_chains=1024   # chains split over ranks
 
 Writes OUT/results.json (OUT defaults to the checkpoint's folder) and prints a short table:
     log_norm_const (+ stderr)   c = (d/2) log(2 pi e t_max) - mean U(x + sqrt(t_max) z, t_max)
@@ -11,6 +13,9 @@ Writes OUT/results.json (OUT defaults to the checkpoint's folder) and prints a s
     psnr                        Table 1: output PSNR of x_hat = y - t grad_y U (and of a denoiser)
     ode_*                       the probability-flow ODE likelihood of the same score, on the
                                 first ode_images images: an independent check of the one-pass NLL
+    ais_*                       the normalization certificate (ais.py, docs/normalization.md): log Z(0) by
+                                annealed importance sampling along t, the NLL it certifies, U(x, 0) + log Z_AIS,
+                                and ais_delta_bpd = one-pass NLL - certified NLL = (c - log Z_AIS) / (d ln 2)
 
 The functions below are the building blocks that train.py, sample.py and figures.py use. Each
 takes any energy callable (y, t) -> (B,) in nats, so analytic energies plug in (tests do this)
@@ -26,7 +31,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from ais import SeededNoise, ais, fitted_reference, summarize
 from backends import setup_device
 from configurator import configure, fail, require
 from dataset import check_finite, load_split, to_tensor
@@ -143,6 +150,36 @@ def nll(energy_fn, images, c, c_stderr, quantized, batch_size=256, device="cpu",
     mean_U0, se_U0 = mean_and_stderr(U0)
     se = math.sqrt(se_U0 ** 2 + c_stderr ** 2) / (d * math.log(2))
     return nll_bits_per_dim(mean_U0, c, d, quantized), se, -(U0 + c)
+
+
+PROBES = dict(shift=(-16, -4, -1, 0, 1, 2, 4, 8, 16), contrast=(0, 1, 2, 4, 8, 16, 64), noise=(0, 1, 2, 4, 8, 16),
+              direction=(-16, -4, -1, 0, 1, 4, 16))
+
+
+@torch.no_grad()
+def probes(energy_fn, x, c, quantized, t_values=(0.0, 1e3), amounts=PROBES, generator=None):
+    """-log p(y, t) = (U(y, t) + c) / (d ln 2) in bits/dim (+8 for uint8 at every t, so rises read the same),
+    averaged over the images x (B, C, H, W), along paths that leave the data (docs/normalization.md):
+        shift       y = x + b                     (every pixel brighter by b)
+        contrast    y = m + a (x - m)             (m the image's mean per channel)
+        noise       y = x + b xi                  (white noise of std b, a new draw per image)
+        direction   y = x + b sqrt(d) u           (one random unit direction u, the norm of the shift b)
+    A confining energy rises along every one of them. Returns {probe: {"amounts": [...], "t=<t>": [...]}}."""
+    d = x[0].numel()
+    xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    u = torch.randn(x[0].shape, generator=generator, device=x.device, dtype=x.dtype)
+    u = u / u.norm()
+    m = x.mean(dim=(2, 3), keepdim=True)
+    paths = dict(shift=lambda b: x + b, contrast=lambda a: m + a * (x - m), noise=lambda b: x + b * xi,
+                 direction=lambda b: x + b * math.sqrt(d) * u)
+    out = {}
+    for name, values in amounts.items():
+        out[name] = {"amounts": list(values)}
+        for t in t_values:
+            tt = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+            out[name][f"t={t:g}"] = [float((energy_fn(paths[name](a), tt).double().mean() + c) / (d * math.log(2))
+                                           + (8.0 if quantized else 0.0)) for a in values]
+    return out
 
 
 def energy_denoiser(energy_fn):
@@ -346,6 +383,11 @@ def main(argv):
         ode_probes=1,            # Hutchinson probes per image (each one more Hessian-vector product)
         ode_t_min=1e-9,          # the ODE starts at this noise variance
         weights="auto",          # "ema": the EMA of the weights, "model": the raw ones, "auto": EMA if saved
+        ais_chains=0,            # AIS chains for the certificate of log Z(0); 0 = skip (seeds seed ... seed + K - 1)
+        ais_steps=1024,          # AIS levels from t_max down to t = 0 (2 network evaluations per level and chain)
+        ais_mala=1,              # MALA moves per level
+        ais_step=1.0,            # MALA step h = ais_step * d^(-1/3), preconditioned by the reference Gaussian
+        ais_transport=True,      # move the chains by the reference Gaussian's map between levels (ais.py)
         batch_size=256,          # images per forward pass
         device="auto",           # "auto" = cuda if available, else cpu; cpu, cuda, cuda:N
         seed=0,                  # seed of the noise draws
@@ -414,11 +456,55 @@ def main(argv):
                               nfe_per_image=4 * config["ode_steps"], probes=config["ode_probes"], t_min=config["ode_t_min"],
                               seconds=ode_s, time_ratio=ode_s / (onepass_s * len(x_ode) / len(images)))
 
+    if config["ais_chains"] > 0:
+        results.update(certify(model, logp, c, d, quantized, config, device))
+    if "RANK" in os.environ and int(os.environ["RANK"]) != 0:
+        return results
+
     out = config["out"] or os.path.dirname(os.path.abspath(config["ckpt"]))
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "results.json"), results)
     print_table(results, os.path.join(out, "results.json"))
     return results
+
+
+def certify(model, logp, c, d, quantized, config, device):
+    """The AIS certificate of log Z(0) (ais.py) and the NLL it certifies beside the one-pass NLL; results keys
+    ais_* (module docstring). Chains are seeded one by one and split over the ranks of torchrun (rank 0 gathers).
+    The reference Gaussian is the model's own Gaussian term, else one fitted to the training split."""
+    ddp = "RANK" in os.environ
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    if ddp and not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    if model.gaussian is not None:
+        ref, ref_from = model.gaussian, "the model's Gaussian term"
+    else:
+        train, _ = load_split(config["data_dir"], "train")
+        ref, ref_from = fitted_reference(train[:50_000]).to(device), "a stationary Gaussian fitted to the training split"
+    seeds = list(range(config["seed"], config["seed"] + config["ais_chains"]))[rank::world]
+    t0, parts = time.time(), []
+    for i in range(0, len(seeds), config["batch_size"]):
+        log_w, info = ais(model, ref, SeededNoise(seeds[i:i + config["batch_size"]], device), config["t_max"],
+                          config["ais_steps"], config["ais_mala"], config["ais_step"], config["ais_transport"])
+        parts.append((seeds[i:i + config["batch_size"]], log_w.cpu().numpy(), info["acceptance"]))
+    if ddp:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, parts)
+        parts = [p for g in gathered for p in g]
+    log_w = np.concatenate([p[1] for p in parts])
+    acceptance = np.mean([p[2] for p in parts], axis=0)                 # per level, over the batches
+    log_z, log_z_se, ess = summarize(log_w)
+    to_bpd = 1 / (d * math.log(2))
+    U0 = -logp - c                                                        # U(x, 0) per image
+    mean_U0, se_U0 = mean_and_stderr(U0)
+    nll_ais = (mean_U0 + log_z) * to_bpd + (8.0 if quantized else 0.0)
+    return dict(ais_log_z=log_z, ais_log_z_se=log_z_se, ais_nll_bpd=nll_ais,
+                ais_nll_bpd_se=math.sqrt(se_U0 ** 2 + log_z_se ** 2) * to_bpd, ais_delta_bpd=(c - log_z) * to_bpd,
+                ais_delta_bpd_se=log_z_se * to_bpd, ais_ess=ess, ais_chains=len(log_w), ais_levels=config["ais_steps"],
+                ais_nfe_per_chain=info["nfe"], ais_acceptance_min=float(acceptance.min()),
+                ais_acceptance_mean=float(acceptance.mean()), ais_acceptance=acceptance[::max(1, len(acceptance) // 64)].tolist(),
+                ais_log_z_reference=info["log_z_ref"], ais_reference=ref_from, ais_length=info["length"],
+                ais_seconds=time.time() - t0)
 
 
 def print_table(r, path):
@@ -440,6 +526,12 @@ def print_table(r, path):
               f"{o['onepass_nll_bpd']:.4f}; ODE - one-pass = {o['minus_onepass_bpd']:.4f} +- "
               f"{o['minus_onepass_bpd_stderr']:.4f}), {o['nfe_per_image']} evaluations/image, "
               f"{o['time_ratio']:.0f}x the one-pass time")
+    if "ais_log_z" in r:
+        print(f"AIS ({r['ais_chains']} chains x {r['ais_levels']} levels, {r['ais_nfe_per_chain']} evaluations/chain, "
+              f"ESS {r['ais_ess']:.1f}, MALA acceptance min {r['ais_acceptance_min']:.2f} mean {r['ais_acceptance_mean']:.2f}): "
+              f"log Z(0) = {r['ais_log_z']:.3f} +- {r['ais_log_z_se']:.3f} nats (reference Gaussian {r['ais_log_z_reference']:.3f})")
+        print(f"certified NLL    = {r['ais_nll_bpd']:.4f} +- {r['ais_nll_bpd_se']:.4f} {unit}; one-pass - certified = "
+              f"{r['ais_delta_bpd']:.4f} +- {r['ais_delta_bpd_se']:.4f} bits/dim")
     print(f"wrote {path}")
 
 

@@ -7,6 +7,7 @@
     python figures.py fig2 --ckpt_a=out/first1000/ckpt.pt --ckpt_b=out/last1000/ckpt.pt \
                            --data_dir=data/imagenet64 --n_train=1000             # strong generalization
     python figures.py fig3 --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --max_images=2000 --device=cpu
+    python figures.py probes --ckpt=out/ckpt.pt --data_dir=data/patches          # NLL along paths off the data
 
 Each writes OUT/figN.png, OUT/figN.pdf and OUT/figN.json (the numbers behind the figure); OUT is
 the checkpoint's folder unless --out=DIR. log p is in dB/dim: 10 log10 p(x) / d (docs/method.md §5), with the
@@ -25,8 +26,9 @@ import torch
 
 from configurator import configure, fail, require
 from dataset import load_split
-from eval import (DB_PER_NAT, SPLIT, WEIGHTS, batches, check_config, energies, estimate_log_norm_const, gaussian_entropy,
-                  load_images, load_weights, logp_and_deff, pick_device, positive, progress, write_json)
+from eval import (DB_PER_NAT, PROBES, SPLIT, WEIGHTS, batches, check_config, energies, estimate_log_norm_const,
+                  gaussian_entropy, load_images, load_weights, logp_and_deff, pick_device, positive, probes, progress,
+                  write_json)
 
 
 # ----------------------------------------------------------------------------- analysis tools
@@ -107,6 +109,33 @@ def as_float(images):
 
 
 # ----------------------------------------------------------------------------- figures
+def fig_probes(model, c, images, quantized, out, batch_size=256, device="cpu", seed=0):
+    """-log p along the probes of eval.probes (shift, contrast, white noise, a random direction) at t = 0 and
+    t_max, for the model and, if it has one, its Gaussian term alone (docs/normalization.md)."""
+    x = torch.from_numpy(as_float(np.asarray(images))).permute(0, 3, 1, 2).to(device)     # (B, C, H, W)
+    g = torch.Generator(device).manual_seed(seed)
+    numbers = dict(n_images=len(x), log_norm_const=c, model=probes(model, x, c, quantized, generator=g))
+    if getattr(model, "gaussian", None) is not None:
+        g = torch.Generator(device).manual_seed(seed)                                   # the same draws
+        numbers["gaussian"] = probes(model.gaussian, x, model.gaussian.log_z(), quantized, generator=g)
+    fig, axes = plt.subplots(1, len(PROBES), figsize=(4 * len(PROBES), 3.4))
+    for ax, name in zip(axes, PROBES):
+        for who, style in (("model", "-"), ("gaussian", ":")):
+            if who not in numbers:
+                continue
+            r = numbers[who][name]
+            for key, colour in zip([k for k in r if k.startswith("t=")], ("C0", "C3")):
+                ax.plot(r["amounts"], r[key], style, color=colour, marker="o", ms=3, label=f"{who}, {key}")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_title(name)
+        ax.set_xlabel({"contrast": "a"}.get(name, "b"))
+    axes[0].set_ylabel("-log p, bits/dim")
+    axes[0].legend(fontsize=7)
+    save(fig, numbers, out, "probes")
+    return numbers
+
+
 def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256, device="cpu"):
     """Strong generalization: log p_A(x) against log p_B(x) over both training sets (dB/dim);
     set_a, set_b: (the first images of) the n_train training images of each model."""
@@ -129,6 +158,61 @@ def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256,
                  f"RMS {numbers['rms_diff_db']:.2f} dB/dim", fontsize=9)
     ax.legend(fontsize=8)
     save(fig, numbers, out, "fig2")
+    return numbers
+
+
+FIG2_CURVES = [     # (panel title, y label, [(key, label)]): the quantities of toy/strong_gen.py against N
+    ("A/B disagreement", "dB/dim", [("rms_heldout", "RMS A - B, held-out"), ("mean_abs_heldout", "mean |A - B|, held-out"),
+                                    ("rms_train", "RMS A - B, training sets")]),
+    ("memorization", "dB/dim", [("own_vs_heldout", "own set - held-out"), ("own_vs_other", "own model - other model")]),
+    ("held-out NLL - exact entropy", "bits/dim", [("gap_a", "model A"), ("gap_b", "model B")]),
+]
+
+
+def fig2_panels(panels, out, entropy_bpd=None, name="fig2"):
+    """Fig. 2's layout for several N: top, one scatter of log p_A against log p_B (dB/dim) per N over
+    both training sets (held-out fields in gray); bottom, one curve per quantity against N.
+
+    panels: one dict per N with n_train, logp_a and logp_b (both models on set A then set B), n_a (how
+    many of them are set A), heldout_a and heldout_b (both on held-out), and the keys of FIG2_CURVES
+    (those missing are left out, e.g. the entropy gap on data without an exact entropy)."""
+    panels = sorted(panels, key=lambda p: p["n_train"])
+    fig = plt.figure(figsize=(3.2 * max(3, len(panels)), 7.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
+    for ax, p in zip(np.atleast_1d(top.subplots(1, len(panels))), panels):
+        la, lb, n = np.asarray(p["logp_a"]), np.asarray(p["logp_b"]), p["n_a"]
+        ax.scatter(p["heldout_a"], p["heldout_b"], s=3, c="0.75", label="held-out", rasterized=True)
+        ax.scatter(la[:n], lb[:n], s=8, alpha=0.7, label="training set A", rasterized=True)
+        ax.scatter(la[n:], lb[n:], s=8, alpha=0.7, label="training set B", rasterized=True)
+        every = np.concatenate([la, lb, p["heldout_a"], p["heldout_b"]])
+        lim = [every.min(), every.max()]
+        ax.plot(lim, lim, "k--", lw=0.7)
+        ax.set_title(f"N = {p['n_train']}", fontsize=10)
+        ax.set_xlabel("log p_A(x) (dB/dim)")
+    top.axes[0].set_ylabel("log p_B(x) (dB/dim)")
+    top.axes[0].legend(fontsize=7, loc="upper left")
+    ns = [p["n_train"] for p in panels]
+    for ax, (title, unit, keys) in zip(bottom.subplots(1, len(FIG2_CURVES)), FIG2_CURVES):
+        for key, label in keys:
+            if all(key in p for p in panels):
+                ax.plot(ns, [p[key] for p in panels], "o-", label=label)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [f"{n:g}" for n in ns])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if unit == "dB/dim":
+            ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_xlabel("N (training fields of each model)")
+        ax.set_ylabel(unit)
+        ax.set_title(title + (f" ({entropy_bpd:.3f})" if unit == "bits/dim" and entropy_bpd is not None else ""),
+                     fontsize=10)
+        ax.legend(fontsize=7)
+    curve_keys = [k for _, _, keys in FIG2_CURVES for k, _ in keys]
+    numbers = dict(entropy_bpd=entropy_bpd, panels=[
+        {**{k: p[k] for k in ("n_train", "n_a") + tuple(curve_keys) if k in p},
+         **{k: np.round(np.asarray(p[k], dtype=np.float64), 4).tolist() for k in ("logp_a", "logp_b", "heldout_a", "heldout_b")}}
+        for p in panels])
+    save(fig, numbers, out, name)
     return numbers
 
 
@@ -312,6 +396,9 @@ COMMANDS = dict(
         n_chosen=4,        # images drawn one by one (least to most probable)
         n_t=31,            # noise levels from 1e-12 to 1e3
         **COMMON),
+    probes=dict(
+        ckpt="",           # energy checkpoint written by train.py
+        **{**COMMON, "max_images": 64}),   # images moved along each probe
     subsets=dict(
         data_dir="",       # dataset folder whose training split is cut in two
         n_train=1000,      # images in each of the two disjoint sets
@@ -335,6 +422,7 @@ def load_energy(path, cfg, device):
 FIGURE_DOCS = dict(fig2="strong generalization, log p of two models trained on disjoint sets",
                    fig3="histogram of log p with a Gumbel fit", fig4="log p against contrast, offset and Haar sparsity",
                    fig5="log p and d_eff against the noise variance t",
+                   probes="-log p along shift, contrast, noise and a random direction, at t = 0 and t_max",
                    subsets="two disjoint training sets (the first and last n_train images) for fig2")
 
 
@@ -381,6 +469,8 @@ def main(argv):
         return fig2(model, c, model_b, c_b, train[:k], train[len(train) - n:len(train) - n + k], n, out, bs, device)
     if name == "fig3":
         return fig3(model, c, images, quantized, out, cfg["n_shown"], bs, device, cfg["seed"])
+    if name == "probes":
+        return fig_probes(model, c, images, quantized, out, bs, device, cfg["seed"])
     if name == "fig4":
         return fig4(model, c, images, out, cfg["n_curves"], cfg["n_grid"], cfg["haar_levels"], bs, device)
     return fig5(model, c, images, out, cfg["n_chosen"], cfg["n_t"], cfg["n_draws"], bs, device, cfg["seed"])

@@ -24,6 +24,7 @@ of --data_dir if given, else from constant images at prior_mean: at t_max the no
 swamps the images, so U(x + sqrt(t_max) z, t_max) hardly depends on x (on a trained 32x32 model, c
 from gray images at 0, 0.45 or 0.5 matched c from the data within its standard error of 1.3 nats).
 """
+import json
 import math
 import os
 import sys
@@ -33,30 +34,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import ais
+from ais import SeededNoise
 from configurator import configure, fail, require
-from eval import (DB_PER_NAT, WEIGHTS, check_config, estimate_log_norm_const, load_images, load_weights, pick_device,
-                  positive, progress, trained_image_shape, write_json)
+from dataset import to_tensor
+from eval import (DB_PER_NAT, WEIGHTS, check_config, estimate_log_norm_const, load_images, load_weights,
+                  pick_device, positive, progress, trained_image_shape, write_json)
 from model import energy_and_scores
-
-
-class SeededNoise:
-    """One torch.Generator per sample seed (as EDM's StackedRandomGenerator); draws are (B, ...)."""
-
-    def __init__(self, seeds, device):
-        self.device = device
-        self.generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-
-    def randn(self, shape):
-        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])
-
-    def rand(self):
-        return torch.stack([torch.rand((), generator=g, device=self.device) for g in self.generators])
 
 
 def reverse_diffusion(energy_fn, noise, shape, t_max=1e3, t_min=1e-4, n_steps=256, mala_steps=0, mala_step=0.05,
                       prior_mean=0.5, desc=None):
-    """Samples x (B, *shape) and stats {nfe, acceptance} (module docstring for the scheme); desc: a
-    progress bar of the steps with that label (eval.progress)."""
+    """Samples x (B, *shape) and stats {nfe, acceptance} (module docstring for the scheme; the MALA step is
+    ais.mala_step, the same one the AIS certificate uses); desc: a progress bar of the steps with that label
+    (eval.progress)."""
     t = np.exp(np.linspace(math.log(t_max), math.log(t_min), n_steps + 1))     # t_0 = t_max ... t_N = t_min
 
     def U_and_grad(y, tk):
@@ -72,15 +63,7 @@ def reverse_diffusion(energy_fn, noise, shape, t_max=1e3, t_min=1e-4, n_steps=25
         U, grad_y = U_and_grad(y, t[k + 1])
         nfe += 1
         for _ in range(mala_steps):
-            h = mala_step * t[k + 1]
-            y_new = y - h * grad_y + math.sqrt(2 * h) * noise.randn(shape)
-            U_new, grad_new = U_and_grad(y_new, t[k + 1])
-            log_q_fwd = -(y_new - y + h * grad_y).flatten(1).pow(2).sum(dim=1) / (4 * h)
-            log_q_bwd = -(y - y_new + h * grad_new).flatten(1).pow(2).sum(dim=1) / (4 * h)
-            log_alpha = (U - U_new) + log_q_bwd - log_q_fwd                     # (B,); c cancels
-            accept = torch.log(noise.rand()) < log_alpha
-            a = accept.view(-1, *[1] * len(shape))
-            y, U, grad_y = torch.where(a, y_new, y), torch.where(accept, U_new, U), torch.where(a, grad_new, grad_y)
+            y, U, grad_y, accept = ais.mala_step(energy_fn, y, U, grad_y, t[k + 1], mala_step * t[k + 1], noise)
             accepted, proposed, nfe = accepted + accept.float().sum().item(), proposed + accept.numel(), nfe + 1
     x = y - t[-1] * grad_y                                                          # x_hat(y_N, t_min)
     return x.detach(), dict(nfe=nfe, acceptance=accepted / proposed if proposed else None)
@@ -188,6 +171,8 @@ def main(argv):
                   mean_logp_nats=float(logp.mean()), mean_logp_db_per_dim=float(DB_PER_NAT * logp.mean() / d),
                   mean_nll_bpd=float(-logp.mean() / (d * math.log(2))), logp_nats=logp.tolist(),
                   weights=ckpt["weights"], config=config)
+    if config["data_dir"]:
+        result["check"] = sample_check(model, x, const_images, c, config["data_dir"], config["batch_size"], device)
     out = config["out"] or os.path.dirname(os.path.abspath(config["ckpt"]))
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "samples.npy"), images)
@@ -198,8 +183,43 @@ def main(argv):
     print(f"{len(x)} samples {C}x{H}x{W}, {result['nfe_per_sample']} network evaluations each{acc}")
     print(f"mean log p = {result['mean_logp_db_per_dim']:.3f} dB/dim ({result['mean_nll_bpd']:.4f} bits/dim "
           f"without the +8 offset), c = {c:.2f} +- {c_se:.2f} nats from {const_from}")
+    if "check" in result:
+        k = result["check"]
+        print(f"sample check: log p of samples {k['samples_logp_db_per_dim']:.3f} vs validation images "
+              f"{k['val_logp_db_per_dim']:.3f} dB/dim; pixel mean {k['samples_pixel_mean']:.3f} vs {k['val_pixel_mean']:.3f}, "
+              f"std {k['samples_pixel_std']:.3f} vs {k['val_pixel_std']:.3f}"
+              + (f"; exact NLL of the samples {k['samples_exact_nll_bpd']:.4f} bits/dim (entropy "
+                 f"{k['exact_entropy_bpd']:.4f})" if "samples_exact_nll_bpd" in k else ""))
     print(f"wrote {out}/samples.png, samples.npy, samples.json")
     return result
+
+
+def sample_check(model, x, val, c, data_dir, batch_size=64, device="cpu"):
+    """The model's log p of its own samples x (n, C, H, W) against that of validation images val (same c), pixel
+    statistics of both and, on a Gaussian random field (data_dir/meta.json of data/grf/prepare.py), the samples'
+    exact NLL beside the field's entropy (docs/normalization.md): a model that rates its samples far above the
+    data, or whose samples the truth rates far below it, has mass where the data is not."""
+    d = x[0].numel()
+    val_x = to_tensor(np.asarray(val[:max(len(x), 256)]), "cpu")
+    zero = lambda n: torch.zeros(n, device=device)
+    with torch.no_grad():
+        U_s = torch.cat([model(b.to(device), zero(len(b))).double().cpu() for b in x.split(batch_size)])
+        U_v = torch.cat([model(b.to(device), zero(len(b))).double().cpu() for b in val_x.split(batch_size)])
+    to_db = DB_PER_NAT / d
+    out = dict(samples_logp_db_per_dim=float(-(U_s + c).mean() * to_db), val_logp_db_per_dim=float(-(U_v + c).mean() * to_db),
+               n_val=len(val_x), samples_pixel_mean=float(x.mean()), samples_pixel_std=float(x.std()),
+               val_pixel_mean=float(val_x.mean()), val_pixel_std=float(val_x.std()))
+    meta_path = os.path.join(data_dir, "meta.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        if "alpha" in meta and not meta.get("warp"):
+            from data.grf.prepare import grf_eigenvalues, grf_energy
+            lam = grf_eigenvalues(meta["size"], meta["alpha"], meta["k0"], meta["amplitude"])
+            nll = grf_energy(x.double(), 0.0, lam, meta["mean"]) / (d * math.log(2))
+            out.update(samples_exact_nll_bpd=float(nll.mean()), samples_exact_nll_bpd_se=float(nll.std() / math.sqrt(len(nll))),
+                       exact_entropy_bpd=meta["entropy_bits_per_dim"])
+    return out
 
 
 def image_size_of(ckpt, path):

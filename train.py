@@ -60,14 +60,14 @@ seed = 0                          # seeds the initialization, data order, flips 
 grad_dump = ""                    # tests: file to save the first step's averaged gradients in; "" = off
 preset = ""                       # a named config of PRESETS applied before the other overrides
 spectrum_images = 50_000          # training images whose statistics give data_var and the spectrum (see below)
+spectrum_floor = 1e-4             # gaussian_term: floor of the spectrum, a fraction of the pixel variance (dataset.py)
 tf32 = False                      # TF32 matrix products and convolutions on CUDA (faster, ~1e-3 relative error); False = fp32 (the paper)
 deterministic = False             # deterministic cuDNN / cuBLAS algorithms: bit-exact GPU resume, slower (docs/training.md)
-spectrum_floor = 1e-4             # gaussian_term: floor of the spectrum, a fraction of the pixel variance (dataset.py)
 # model: the fields of model.UNetConfig but channels, data_spectrum and image_size (measured on the data).
-# Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md):
+# Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md, §9):
 # U = U_G + B d tanh(r / (B d)), U_G the stationary Gaussian fitted to the training set, B = energy_bound
 # nats/dim, r = 0.5 <y - m, f> / (s^2 + t), the last conv zeroed so training starts from U_G, and log-t
-# noise conditioning. Two other settings:
+# noise conditioning. Two other settings of the same keys:
 #   the previous default:  --gaussian_term=False --energy_bound=None --zero_init_out=False --analytic_term=True
 #   the paper's model:     --gaussian_term=False --energy_bound=None --zero_init_out=False --scale_energy=False --t_embedding=paper
 base_width = 64                   # channels at the finest scale; doubles at each coarser scale
@@ -80,13 +80,14 @@ num_freqs = 32                    # sinusoidal frequencies of the t embedding
 kernel_impl: Literal["auto", "torch", "triton"] = "auto"   # group_norm_silu path (kernels/)
 t_embedding: Literal["paper", "log"] = "log"   # "paper": sinusoids of t; "log": of log(t + t_floor)
 t_floor = 1e-6                    # "log" only: the embedding is flat for t << t_floor (variance units)
-data_var: float | None = None     # s^2, per-pixel data variance; None = measured on the training set (or read
-                                  # from the checkpoint on resume); a value also makes analytic_term isotropic
-analytic_term = False             # U += the log-det of the data's full-covariance Gaussian (the previous default)
-scale_energy = True               # the network term is 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
-gaussian_term = True              # U += U_G(y, t), the stationary Gaussian fitted to the data; False = the paper
-energy_bound: float | None = 1.0  # B, nats/dim: the network term becomes B d tanh(r / (B d)); None = unbounded
-zero_init_out = True              # zero the last conv: training starts from U_G; False = PyTorch init (the paper)
+data_var: float | None = None     # s^2, the per-pixel data variance; None = measured on the training set (a value: isotropic analytic term)
+# (data_var = None: it and the spectrum are measured on spectrum_images training images, or read from the
+# checkpoint on resume; --data_var=VALUE makes analytic_term isotropic, (d/2) log(1 + t / data_var))
+analytic_term = False             # U += the log-det of the data's Gaussian (docs/method.md §2; the previous default)
+scale_energy = True               # r = 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
+gaussian_term = True              # U = U_G + R: the stationary Gaussian fitted to the data, exact normalizer (docs/normalization.md)
+energy_bound: float | None = 1.0  # B, nats/dim: R = B d tanh(r / (B d)), so Z(t) is within e^(+-B d) of Z_G; None = unbounded
+zero_init_out = True              # zero the last conv: training starts from U_G
 
 PRESETS = {
     "cpu": dict(                  # ~10 min on one CPU core: grayscale 32x32 patches of photographs
@@ -192,8 +193,7 @@ if kind == "denoiser":              # x_hat = y - t f(y, t) has no energy: the o
 elif resume_path and (gaussian_term or analytic_term or scale_energy) and data_var is None:
     data_stats = {k: ckpt_model_config.get(k) for k in data_stats}
 elif gaussian_term and analytic_term:
-    fail("gaussian_term already holds the log-det that analytic_term adds: turn one off "
-         "(--analytic_term=False, the default)")
+    fail("gaussian_term already holds the log-det that analytic_term adds: turn one off (--analytic_term=False, the default)")
 elif gaussian_term or ((analytic_term or scale_energy) and data_var is None):
     stats = None
     if master:
@@ -201,8 +201,8 @@ elif gaussian_term or ((analytic_term or scale_energy) and data_var is None):
             if gaussian_term:
                 mean, P, _ = stationary_spectrum(train_data, spectrum_images, spectrum_floor, device=device)
                 var = P.diagonal(dim1=-2, dim2=-1).real.mean().item() / (1 + spectrum_floor)   # the pixel variance
-                stats = dict(data_var=data_var or var, data_spectrum=None, gaussian=(mean.cpu(), P.cpu()))  # CPU: a
-                # pickled CUDA tensor would land on rank 0's GPU on every rank
+                stats = dict(data_var=data_var or var, data_spectrum=None, gaussian=(mean.cpu(), P.cpu()))   # CPU: a pickled CUDA
+                # tensor would land on rank 0's GPU on every rank
             else:
                 var, spectrum = covariance_spectrum(train_data, spectrum_images, device=device)
                 stats = dict(data_var=var, data_spectrum=spectrum)
@@ -225,7 +225,7 @@ config.update(data_var=model_config["data_var"], data_spectrum=spectrum and list
 torch.manual_seed(seed)
 raw_model = build_model(kind, model_config).to(device)
 if gaussian is not None:
-    raw_model.set_gaussian(*gaussian)
+    raw_model.set_gaussian(*(v.to(device) for v in gaussian))
 # fused: one kernel per step, and it skips the update on device when optimizer.found_inf is 1 (see the loop)
 optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2), fused=True)
 ema = [p.detach().clone() for p in raw_model.parameters()] if ema_halflife_images else None

@@ -65,8 +65,8 @@ def run(script, *args):
 
 def one_line_error(rc, stderr, *expected):
     """A non-zero exit with one line on stderr, `script: message`, holding every expected string (progress
-    bars of work done before the error, eval.progress, are not counted)."""
-    lines = [line for line in stderr.strip().splitlines() if "%|" not in line]
+    bars, which eval.progress draws on stderr before the work that failed, are not counted)."""
+    lines = [l for l in stderr.replace("\r", "\n").strip().splitlines() if l.strip() and not re.search(r"\d+%\|", l)]
     assert rc != 0, stderr
     assert "Traceback" not in stderr and len(lines) == 1, stderr
     for text in expected:
