@@ -28,8 +28,9 @@ import sys
 import numpy as np
 import torch
 
+from configurator import configure
 from dataset import load_split, to_tensor
-from eval import estimate_log_norm_const, load_images, mean_and_stderr, nll, parse_overrides
+from eval import estimate_log_norm_const, load_images, mean_and_stderr, nll
 from model import load_model
 
 
@@ -68,7 +69,7 @@ def main(argv):
         ckpt="",                 # optional energy checkpoint: its NLL minus the baseline's, paired per image
         out="",                  # output folder of baseline.json; "" = data_dir
     )
-    config = parse_overrides(config, argv)
+    config = configure(config, argv, doc=__doc__, source_file=__file__)
     if not config["data_dir"]:
         raise SystemExit("baseline.py needs --data_dir=DIR (a folder with train.npy and val.npy)")
     torch.set_num_threads(1)

@@ -18,7 +18,8 @@ and the command line overrides it:   python train.py --lr=1e-3 --base_width=32 -
 exec'd: an unknown key, a value of the wrong type or a choice outside a Literal is a one-line error
 naming the key and what it expects (exit status 1), and --help prints every key, its type, default
 and comment. Accepted types: bool, int, float, str, `X | None`, `typing.Literal[...]` and tuples
-(`--sigmas=1,4`).
+(`--sigmas=1,4`). With CONFIGURATOR_DRY_RUN=1 in the environment a script parses its options and
+exits 0 without running (tests/test_readme.py checks every command of the docs that way).
 """
 import os
 import re
@@ -185,4 +186,7 @@ def configure(defaults, argv=None, doc="", annotations=None, presets=None, sourc
             if not presets or config[key] not in presets:
                 fail(f"unknown preset --preset={config[key]}; presets: {', '.join(presets or {}) or 'none'}")
             config.update(presets[config[key]])
+    if os.environ.get("CONFIGURATOR_DRY_RUN") == "1":     # tests: check a command's options, run nothing
+        print(f"dry run: {len(pairs)} options parsed")
+        raise SystemExit(0)
     return config

@@ -3,6 +3,7 @@
 uint8 arrays are quantized images (divided by 255; NLL gets the +8 bits/dim offset), float32 arrays
 are continuous data used as is. Arrays are memory-mapped, never read whole.
 """
+import math
 import os
 
 import numpy as np
@@ -62,3 +63,54 @@ def covariance_spectrum(images, max_images=50_000, n_bins=256, device="cpu", bat
         n_bins -= 1
     spectrum = tuple(lam.log().view(n_bins, -1).mean(dim=1).exp().tolist())   # d / n_bins eigenvalues a bin
     return float(cov.diagonal().mean()), spectrum
+
+
+def radial_average(S):
+    """(H, W, ...) -> the same shape, every entry replaced by the mean over its ring round(|k|) of integer
+    wavenumbers k = (k_y, k_x) (cycles per image): the isotropic part of a spectrum."""
+    H, W = S.shape[:2]
+    ky = torch.fft.fftfreq(H, d=1.0 / H, dtype=torch.float64, device=S.device)
+    kx = torch.fft.fftfreq(W, d=1.0 / W, dtype=torch.float64, device=S.device)
+    ring = (ky[:, None] ** 2 + kx[None, :] ** 2).sqrt().round().long().flatten()      # (H W,)
+    flat = S.reshape(H * W, -1)
+    sums = torch.zeros(int(ring.max()) + 1, flat.shape[1], dtype=flat.dtype, device=S.device).index_add_(0, ring, flat)
+    counts = torch.bincount(ring).to(sums.real.dtype)
+    return (sums / counts[:, None])[ring].reshape(S.shape)
+
+
+def stationary_spectrum(images, max_images=50_000, floor=1e-4, device="cpu", batch_size=256):
+    """(mean m (C,), spectrum P (H, W, C, C) complex128, number of images used) of the stationary Gaussian
+    fitted to the first max_images images (N, H, W, C), uint8 or float32, in model units; streamed in
+    batches, memory O(H W C^2) whatever N is.
+
+    m is the per-channel mean; S_k = mean over images of (y^_k - m^_k)(y^_k - m^_k)^H with y^ the orthonormal
+    2-D DFT (the cross-spectrum, C x C per frequency). Defined for any N >= 1 (docs/normalization.md):
+        P_k = (N S_k + R_k) / (N + 1) + floor * v I
+    with R the ring average of S (radial_average: shrinkage toward an isotropic spectrum, weight 1 / (N + 1))
+    and v the mean pixel variance, so P_k is Hermitian positive definite even at N = 1 (where S_0 = 0), and
+    symmetrized so that P_{-k} = conj(P_k) exactly (the covariance F^H P F is then real).
+    """
+    n = min(len(images), max_images)
+    if n < 1:
+        raise ValueError("the spectrum needs at least one image; the dataset is empty")
+    if not floor > 0:
+        raise ValueError(f"floor must be > 0 (a fraction of the pixel variance, e.g. 1e-4), got {floor}")
+    H, W, C = images.shape[1:]
+    total = torch.zeros(C, dtype=torch.float64, device=device)
+    second = torch.zeros(H, W, C, C, dtype=torch.complex128, device=device)
+    for i in range(0, n, batch_size):
+        x = to_tensor(images[i:min(i + batch_size, n)], device).double()              # (b, C, H, W)
+        total += x.sum(dim=(0, 2, 3))
+        y_hat = torch.fft.fft2(x, norm="ortho")                                       # (b, C, H, W) complex
+        second += torch.einsum("bchw,bdhw->hwcd", y_hat, y_hat.conj())
+    mean = total / (n * H * W)
+    S = second / n
+    m_hat = mean.to(S.dtype) * math.sqrt(H * W)                                      # the DFT of m: only k = 0
+    S[0, 0] -= torch.outer(m_hat, m_hat.conj())
+    S = 0.5 * (S + S.transpose(-1, -2).conj())                                        # Hermitian per frequency
+    S_neg = torch.roll(S.flip(0, 1), shifts=(1, 1), dims=(0, 1))                      # S at -k
+    S = 0.5 * (S + S_neg.conj())                                                      # P_{-k} = conj(P_k)
+    v = S.diagonal(dim1=-2, dim2=-1).real.mean().clamp_min(1e-12)                     # mean pixel variance
+    P = (n * S + radial_average(S)) / (n + 1)
+    P = P + floor * v * torch.eye(C, dtype=P.dtype, device=device)
+    return mean.float().cpu(), P.cpu(), n

@@ -25,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from configurator import configure
 from dataset import load_split, to_tensor
 from losses import add_noise
 from model import energy_and_scores, load_model
@@ -181,32 +182,6 @@ def ode_nll(energy_fn, x, prior_mean, t_min=1e-9, t_max=1e3, n_steps=16, n_probe
 
 
 # ----------------------------------------------------------------------------- command-line plumbing
-def parse_overrides(config, argv):
-    """config (dict of defaults) updated by typed --key=value arguments; anything else is an error."""
-    config = dict(config)
-    for arg in argv:
-        key, sep, value = arg[2:].partition("=")
-        if not arg.startswith("--") or not sep:
-            raise SystemExit(f"bad argument {arg!r}: arguments are --key=value, keys: {', '.join(sorted(config))}")
-        if key not in config:
-            raise SystemExit(f"unknown key --{key}; known keys: {', '.join(sorted(config))}")
-        default = config[key]
-        try:
-            if isinstance(default, bool):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                config[key] = value.lower() in ("true", "1")
-            elif isinstance(default, int):
-                config[key] = int(float(value)) if float(value).is_integer() else int(value)
-            elif isinstance(default, float):
-                config[key] = float(value)
-            else:
-                config[key] = value
-        except ValueError:
-            raise SystemExit(f"--{key}={value}: expected a {type(default).__name__} like the default {default!r}")
-    return config
-
-
 def pick_device(device):
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
@@ -267,7 +242,7 @@ def main(argv):
         seed=0,                  # seed of the noise draws
         out="",                  # output folder; "" = the checkpoint's folder
     )
-    config = parse_overrides(config, argv)
+    config = configure(config, argv, doc=__doc__, source_file=__file__)
     if not config["ckpt"] or not config["data_dir"]:
         raise SystemExit("eval.py needs --ckpt=PATH (an energy checkpoint) and --data_dir=DIR (train.npy, val.npy)")
     device = pick_device(config["device"])

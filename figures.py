@@ -24,9 +24,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from configurator import configure, fail
 from dataset import load_split
 from eval import (DB_PER_NAT, batches, energies, estimate_log_norm_const, gaussian_entropy, load_images,
-                  logp_and_deff, parse_overrides, pick_device)
+                  logp_and_deff, pick_device)
 from model import load_model
 
 
@@ -289,11 +290,30 @@ COMMON = dict(
     out="",                      # output folder; "" = the (first) checkpoint's folder
 )
 COMMANDS = dict(
-    fig2=dict(ckpt_a="", ckpt_b="", n_train=1000, **COMMON),       # n_train: size of each disjoint training set
-    fig3=dict(ckpt="", n_shown=10, **COMMON),                        # n_shown: images at evenly spaced log p
-    fig4=dict(ckpt="", n_curves=6, n_grid=21, haar_levels=6, **COMMON),
-    fig5=dict(ckpt="", n_chosen=4, n_t=31, **COMMON),                # n_t: noise levels from 1e-12 to 1e3
-    subsets=dict(data_dir="", n_train=1000, out_prefix=""),         # out_prefix "" = data_dir
+    fig2=dict(
+        ckpt_a="",         # energy checkpoint trained on the first n_train training images
+        ckpt_b="",         # energy checkpoint trained on the last n_train training images
+        n_train=1000,      # size of each disjoint training set
+        **COMMON),
+    fig3=dict(
+        ckpt="",           # energy checkpoint written by train.py
+        n_shown=10,        # images shown at evenly spaced log p
+        **COMMON),
+    fig4=dict(
+        ckpt="",           # energy checkpoint written by train.py
+        n_curves=6,        # images whose log p(a x) is drawn against the contrast a
+        n_grid=21,         # grid points per axis of the (contrast, offset) map
+        haar_levels=6,     # levels of the Haar transform of the participation ratio
+        **COMMON),
+    fig5=dict(
+        ckpt="",           # energy checkpoint written by train.py
+        n_chosen=4,        # images drawn one by one (least to most probable)
+        n_t=31,            # noise levels from 1e-12 to 1e3
+        **COMMON),
+    subsets=dict(
+        data_dir="",       # dataset folder whose training split is cut in two
+        n_train=1000,      # images in each of the two disjoint sets
+        out_prefix=""),    # output folders PREFIX_first{N}, PREFIX_last{N}; "" = data_dir
 )
 
 
@@ -307,10 +327,21 @@ def load_energy(path, cfg, device):
     return model, ckpt, c
 
 
+FIGURE_DOCS = dict(fig2="strong generalization, log p of two models trained on disjoint sets",
+                   fig3="histogram of log p with a Gumbel fit", fig4="log p against contrast, offset and Haar sparsity",
+                   fig5="log p and d_eff against the noise variance t",
+                   subsets="two disjoint training sets (the first and last n_train images) for fig2")
+
+
 def main(argv):
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + f"\n\ncommands: {', '.join(COMMANDS)}; `python figures.py COMMAND --help` lists its keys")
+        raise SystemExit(0)
     if not argv or argv[0] not in COMMANDS:
-        raise SystemExit(f"usage: python figures.py {{{','.join(COMMANDS)}}} --key=value ... (see the docstring)")
-    name, cfg = argv[0], parse_overrides(COMMANDS[argv[0]], argv[1:])
+        fail(f"usage: python figures.py {{{','.join(COMMANDS)}}} --key=value ...; the first argument must be a "
+             f"command, got {argv[0] if argv else 'nothing'!r}")
+    name = argv[0]
+    cfg = configure(COMMANDS[name], argv[1:], doc=f"python figures.py {name}: {FIGURE_DOCS[name]}", source_file=__file__)
     if name == "subsets":
         return subsets(cfg["data_dir"], cfg["n_train"], cfg["out_prefix"])
     ckpts = [cfg["ckpt_a"], cfg["ckpt_b"]] if name == "fig2" else [cfg["ckpt"]]

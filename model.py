@@ -39,6 +39,13 @@ class UNetConfig:
     analytic_term: bool = False     # U += (d/2) mean_j log(1 + t / lambda_j): the log-det of the data's
                                     # Gaussian, the bulk of dU/dt; the network learns the rest
     scale_energy: bool = False      # U = 0.5 <y, f> / (s^2 + t) instead of 0.5 <y, f>
+    # a confining energy (docs/normalization.md, docs/method.md §9; the paper's choices: False, None, False)
+    gaussian_term: bool = False     # U += U_G(y, t), the stationary Gaussian fitted to the data (mean m, spectrum P_k);
+                                    # the network term then sees y - m. Needs image_size; set_gaussian fills it
+    image_size: tuple[int, ...] | None = None   # (H, W) of the images: the shape of the Gaussian term's buffers
+    energy_bound: float | None = None   # B, nats/dim: the network term r becomes B d tanh(r / (B d)), so |R| < B d
+                                    # and Z(t) is within e^(+-B d) of Z_G; None = unbounded (the paper)
+    zero_init_out: bool = False     # zero the last conv: the model starts as U_G (f = 0)
 
     def __post_init__(self):
         if self.t_embedding not in ("paper", "log"):
@@ -54,6 +61,16 @@ class UNetConfig:
                 raise ValueError(f"data_spectrum must be covariance eigenvalues, all > 0 and finite (see "
                                  f"dataset.covariance_spectrum), got {len(self.data_spectrum)} values, min "
                                  f"{min(self.data_spectrum, default=None)}")
+        if self.image_size is not None:
+            self.image_size = tuple(int(v) for v in self.image_size)        # a JSON list comes back as a tuple
+            if len(self.image_size) != 2 or min(self.image_size) < 1:
+                raise ValueError(f"image_size must be (H, W) with H, W >= 1, got {self.image_size}")
+        if self.gaussian_term and self.analytic_term:
+            raise ValueError("gaussian_term already holds the log-det that analytic_term adds: turn one off")
+        if self.gaussian_term and self.image_size is None:
+            raise ValueError("gaussian_term needs image_size=(H, W), the shape of the spectrum it stores")
+        if self.energy_bound is not None and not 0 < self.energy_bound < math.inf:
+            raise ValueError(f"energy_bound must be > 0 nats/dim (e.g. 1.0) or None (unbounded), got {self.energy_bound}")
         if self.layers_per_block < 2:
             raise ValueError(f"layers_per_block must be >= 2, got {self.layers_per_block}")
         if self.channels < 1 or self.base_width < 1 or self.num_scales < 1:
@@ -181,35 +198,121 @@ class UNet(nn.Module):
         return self.out(h)                                            # (B, C, H, W)
 
 
+class StationaryGaussian(nn.Module):
+    """U_G(y, t): the energy of the stationary Gaussian N(m, Sigma) fitted to the data, noised to variance t
+    (docs/normalization.md, docs/method.md §9). Sigma = F^H diag(P_k) F with F the orthonormal 2-D DFT and
+    P_k a C x C Hermitian positive definite cross-spectrum per frequency (dataset.stationary_spectrum):
+
+        U_G(y, t) = 1/2 sum_k (y^_k - m^_k)^H (P_k + t I)^-1 (y^_k - m^_k) + 1/2 sum_k [log det(P_k + t I) - log det P_k]
+
+    so exp(-U_G(., t)) integrates to Z_G = (2 pi)^(d/2) det(Sigma)^(1/2) for every t (log_z). P_k is kept as
+    its eigenvalues e (H, W, C) and eigenvectors V (H, W, C, C, re/im): (P_k + t I)^-1 = V diag(1 / (e + t)) V^H.
+    """
+
+    def __init__(self, channels, image_size):
+        super().__init__()
+        H, W = image_size
+        C = channels
+        self.register_buffer("mean", torch.zeros(C))                                   # m, per channel
+        self.register_buffer("eig", torch.ones(H, W, C))                              # eigenvalues of P_k
+        self.register_buffer("basis", torch.view_as_real(torch.eye(C, dtype=torch.complex64).expand(H, W, C, C).clone()))
+
+    @torch.no_grad()
+    def set(self, mean, spectrum):
+        """mean (C,); spectrum (H, W, C, C) complex Hermitian positive definite, P_{-k} = conj(P_k)."""
+        e, V = torch.linalg.eigh(spectrum.to(torch.complex128))
+        if not (e > 0).all():
+            raise ValueError(f"the spectrum must be positive definite; its smallest eigenvalue is {e.min().item():.3g}")
+        self.mean.copy_(mean)
+        self.eig.copy_(e)
+        self.basis.copy_(torch.view_as_real(V.to(torch.complex64 if self.eig.dtype == torch.float32 else torch.complex128)))
+
+    def log_z(self):
+        """log Z_G = (d/2) log(2 pi) + (1/2) sum log e, nats (float64), the same for every t."""
+        e = self.eig.double()
+        return 0.5 * e.numel() * math.log(2 * math.pi) + 0.5 * e.log().sum().item()
+
+    def whiten(self, y):
+        """z_k = V_k^H (y^_k - m^_k), (B, H, W, C) complex: the data's Gaussian coordinates."""
+        y_hat = torch.fft.fft2(y - self.mean.to(y.dtype).view(1, -1, 1, 1), norm="ortho").permute(0, 2, 3, 1)
+        V = torch.view_as_complex(self.basis.to(y.dtype).contiguous())                # (H, W, C, C)
+        return torch.einsum("hwcj,bhwc->bhwj", V.conj(), y_hat)
+
+    def forward(self, y, t):
+        z = self.whiten(y)                                                            # (B, H, W, C)
+        v = self.eig.to(y.dtype) + t.view(-1, 1, 1, 1)                               # eigenvalues of P_k + t I
+        quad = (z.real ** 2 + z.imag ** 2).div(v).flatten(1).sum(dim=1)
+        log_det = torch.log1p(t.view(-1, 1, 1, 1) / self.eig.to(y.dtype)).flatten(1).sum(dim=1)
+        return 0.5 * (quad + log_det)
+
+    @torch.no_grad()
+    def sample(self, n, t, generator=None):
+        """(n, C, H, W) draws of N(m, Sigma + t I): real white noise w, y = m + F^H (P_k + t I)^(1/2) F w."""
+        H, W, C = self.eig.shape
+        w = torch.randn(n, C, H, W, generator=generator, device=self.eig.device, dtype=self.eig.dtype)
+        w_hat = torch.fft.fft2(w, norm="ortho").permute(0, 2, 3, 1)                   # (n, H, W, C)
+        V = torch.view_as_complex(self.basis.contiguous())
+        z = torch.einsum("hwcj,nhwc->nhwj", V.conj(), w_hat) * (self.eig + t).sqrt()
+        y_hat = torch.einsum("hwcj,nhwj->nhwc", V, z).permute(0, 3, 1, 2)
+        return torch.fft.ifft2(y_hat, norm="ortho").real + self.mean.view(1, -1, 1, 1)   # imaginary part: round-off
+
+
 class EnergyUNet(nn.Module):
     """U(y, t) = 0.5 * <y, f(y, t)> in nats, without the normalization constant c (docs/method.md §2).
 
-    Options (README "normalization"), with s^2 = data_var, d = C H W and lambda_j = data_spectrum:
-        scale_energy    U = 0.5 <y, f(y, t)> / (s^2 + t)           (f then needs no 1/t range)
+    Options (docs/normalization.md), with s^2 = data_var, d = C H W and lambda_j = data_spectrum:
+        scale_energy    r = 0.5 <y, f(y, t)> / (s^2 + t)           (f then needs no 1/t range)
         analytic_term   U += (d/2) mean_j log(1 + t / lambda_j)    (log det(Sigma + t I) - log det Sigma)/2:
                         the t-dependence of log Z(t) of the Gaussian N(m, Sigma) fitted to the data, so the
                         network learns only how the data departs from it; isotropic (lambda_j = s^2) if
                         data_spectrum is None.
-    Both off (the paper) keeps U(0, t) = 0.
+        gaussian_term   U = U_G(y, t) + R(y, t), U_G the whole energy of the stationary Gaussian fitted to
+                        the data (StationaryGaussian), the network term on y - m
+        energy_bound    R = B d tanh(r / (B d)): |R| < B d, so e^(-B d) Z_G <= Z(t) <= e^(B d) Z_G for every t
+                        and every parameter value (docs/method.md §9)
+    All off (the paper) keeps U(0, t) = 0.
     """
 
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
         self.unet = UNet(cfg)
+        if cfg.zero_init_out:
+            nn.init.zeros_(self.unet.out.weight)
         if cfg.analytic_term:       # not in the state_dict: it is rebuilt from the config
             spectrum = cfg.data_spectrum if cfg.data_spectrum is not None else (cfg.data_var,)
             self.register_buffer("spectrum", torch.tensor(spectrum, dtype=torch.float64), persistent=False)
+        self.gaussian = StationaryGaussian(cfg.channels, cfg.image_size) if cfg.gaussian_term else None
+
+    def set_gaussian(self, mean, spectrum):
+        """Fill the Gaussian term from dataset.stationary_spectrum's (mean, spectrum)."""
+        self.gaussian.set(mean, spectrum)
+
+    def network_term(self, y, t):
+        """R(y, t): the network's part of the energy, (B,) nats."""
+        cfg = self.config
+        f = self.unet(y, t)
+        if self.gaussian is not None:
+            y = y - self.gaussian.mean.to(y.dtype).view(1, -1, 1, 1)
+        r = 0.5 * (y * f).flatten(1).sum(dim=1)                      # (B,)
+        if cfg.scale_energy:
+            r = r / (cfg.data_var + t)
+        if cfg.energy_bound is not None:
+            bound = cfg.energy_bound * y[0].numel()                 # B d nats
+            r = bound * torch.tanh(r / bound)
+        return r
 
     def forward(self, y, t):
-        f = self.unet(y, t)
-        U = 0.5 * (y * f).flatten(1).sum(dim=1)                      # (B,)
+        U = self.network_term(y, t)
         cfg = self.config
-        if cfg.scale_energy:
-            U = U / (cfg.data_var + t)
         if cfg.analytic_term:
             log_det = torch.log1p(t[:, None] / self.spectrum.to(t.dtype)).mean(dim=1)    # (B,) per dimension
             U = U + 0.5 * y[0].numel() * log_det
+        if self.gaussian is not None:
+            if tuple(y.shape[2:]) != cfg.image_size:
+                raise ValueError(f"the Gaussian term was fitted to {cfg.image_size[0]}x{cfg.image_size[1]} images; "
+                                 f"got {y.shape[2]}x{y.shape[3]}")
+            U = U + self.gaussian(y, t)
         return U
 
 

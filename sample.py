@@ -1,11 +1,9 @@
 """Samples from a trained energy model by reverse diffusion driven by its score -grad_y U.
 
     python sample.py --ckpt=out/ckpt.pt                                    # 64 samples, GPU if present
-    python sample.py --ckpt=out/ckpt.pt --n=16 --n_steps=128 --device=cpu
+    python sample.py --ckpt=out/ckpt.pt --num_samples=16 --n_steps=128 --device=cpu
     python sample.py --ckpt=out/ckpt.pt --mala_steps=2                     # + Metropolis correction
-    torchrun --standalone --nproc_per_node=8 sample.py -- --ckpt=out/ckpt.pt --n=1024
-
-(torchrun takes --n=... after the script for an abbreviation of its own options: put -- first.)
+    torchrun --standalone --nproc_per_node=8 sample.py --ckpt=out/ckpt.pt --num_samples=1024
 
 Discretization (variance-exploding, t the noise variance; n_steps + 1 + n_steps * mala_steps network
 evaluations per sample, each a forward and a gradient, plus one forward for log p):
@@ -17,7 +15,7 @@ evaluations per sample, each a forward and a gradient, plus one forward for log 
 MALA is possible because U is an energy, not just a score: the acceptance ratio needs
 U(y', t) - U(y, t), where the constant c cancels (a plain score network cannot do this).
 
-Each sample has its own generator seeded by its seed (seed, seed + 1, ..., seed + n - 1), so a
+Each sample has its own generator seeded by its seed (seed, seed + 1, ..., seed + num_samples - 1), so a
 sample does not depend on the batch size or the number of ranks; under torchrun rank r draws seeds
 r, r + world, ... and rank 0 gathers them. Writes OUT/samples.png (a grid), OUT/samples.npy
 (N, H, W, C) in [0, 1], OUT/samples.json (seeds, log p per sample, acceptance rate, evaluations)
@@ -36,8 +34,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from configurator import configure
 from dataset import load_split
-from eval import DB_PER_NAT, check_images, estimate_log_norm_const, parse_overrides, pick_device, trained_image_shape
+from eval import DB_PER_NAT, check_images, estimate_log_norm_const, pick_device, trained_image_shape
 from model import energy_and_scores, load_model
 
 
@@ -101,7 +100,7 @@ def grid(images, cols):
 def main(argv):
     config = dict(
         ckpt="",                 # energy checkpoint written by train.py (required)
-        n=64,                    # number of samples (seeds seed ... seed + n - 1)
+        num_samples=64,          # number of samples (seeds seed ... seed + num_samples - 1)
         seed=0,                  # first sample seed
         n_steps=256,             # reverse diffusion steps, geometric in t
         t_max=1e3,               # starting noise variance
@@ -117,7 +116,7 @@ def main(argv):
         device="auto",           # "auto" = cuda if available, else cpu
         out="",                  # output folder; "" = the checkpoint's folder
     )
-    config = parse_overrides(config, argv)
+    config = configure(config, argv, doc=__doc__, source_file=__file__)
     if not config["ckpt"]:
         raise SystemExit("sample.py needs --ckpt=PATH (an energy checkpoint written by train.py)")
     ddp = "RANK" in os.environ
@@ -134,7 +133,7 @@ def main(argv):
     shape = (C, size, size)
     d = math.prod(shape)
 
-    seeds = list(range(config["seed"], config["seed"] + config["n"]))
+    seeds = list(range(config["seed"], config["seed"] + config["num_samples"]))
     mine, xs, stats = seeds[rank::world], [], []
     for i in range(0, len(mine), config["batch_size"]):
         batch = mine[i:i + config["batch_size"]]

@@ -6,8 +6,8 @@
     torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --master_port=29500 --nproc_per_node=8 train.py
     torchrun --standalone --nproc_per_node=2 train.py --preset=cpu   # DDP on CPU (gloo)
 
-Overrides are typed `--key=value` (unknown keys and bad values are errors); every UNetConfig field
-of model.py is a key too (--base_width=32 --groups=None ...). Prepare data first with
+Overrides are typed `--key=value` (configurator.py: unknown keys and bad values are one-line errors);
+the model keys are model.py's UNetConfig fields (--base_width=32 --groups=None ...); --help lists all. Prepare data first with
 `python data/imagenet64/prepare.py --src=DIR` or `python data/patches/prepare.py`.
 Everything goes to out_dir: config.json, log.jsonl (one JSON object per log line and per eval),
 ckpt.pt (and the one before it, ckpt_prev.pt). A run resumes from out_dir/ckpt.pt by itself.
@@ -18,26 +18,27 @@ import os
 import platform
 import sys
 import time
-import typing
 from contextlib import nullcontext
 from dataclasses import fields
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dataset import covariance_spectrum, load_split, to_tensor
+from configurator import config_block, configure, require
+from dataset import covariance_spectrum, load_split, stationary_spectrum, to_tensor
 from eval import log_norm_const, nll_bits_per_dim, noisy_energies
 from losses import denoiser_score_matching, dual_score_matching
 from model import UNetConfig, build_model, count_parameters
 
 # ----------------------------------------------------------------------------- config
-# defaults: the paper's colour ImageNet64 run (docs/method.md §3)
+# defaults: the paper's colour ImageNet64 run (docs/method.md §3); every key is a --key=value option
 data_dir = "data/imagenet64"      # folder with train.npy and val.npy, (N, H, W, C) uint8 or float32
 out_dir = "out/imagenet64"        # config, logs and checkpoints; an existing ckpt.pt is resumed
-kind = "energy"                   # "energy": U(y, t) by dual SM; "denoiser": the plain score network baseline
+kind: Literal["energy", "denoiser"] = "energy"   # "energy": U(y, t) by dual SM; "denoiser": the plain score network baseline
 time_weight = 1.0                 # weight of the time score matching term; 0 = single score matching
 max_steps = 1_000_000             # optimizer steps
 batch_size = 128                  # GLOBAL batch (images per step), split across ranks and grad_accum
@@ -53,18 +54,36 @@ eval_interval = 10_000            # steps between evaluations (also after the la
 eval_images = 2048                # validation images used by each evaluation (the first ones)
 eval_t_max = 1e3                  # noise variance at which the normalization constant c is fixed (docs/method.md §5)
 ckpt_interval = 5000              # steps between checkpoints (also after the last step)
-device = "auto"                   # "auto" (cuda if available), "cpu", "cuda"
+device = "auto"                   # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
 seed = 0                          # seeds the initialization, data order, flips and noise
 grad_dump = ""                    # tests: file to save the first step's averaged gradients in; "" = off
 preset = ""                       # a named config of PRESETS applied before the other overrides
-spectrum_images = 50_000          # training images whose covariance gives data_var and the spectrum (see below)
-# model: every UNetConfig field but channels and data_spectrum (both measured on the data). Defaults: the
-# paper's UNet, except for the noise conditioning (README "normalization": it learns log Z(t) in far fewer
-# steps); --t_embedding=paper --analytic_term=False --scale_energy=False is the paper's exact model.
-# data_var = None: it and the covariance spectrum are measured on the training set (or read from the checkpoint
-# on resume); --data_var=VALUE instead makes analytic_term isotropic, (d/2) log(1 + t / data_var).
-MODEL_KEYS = [f for f in fields(UNetConfig) if f.name not in ("channels", "data_spectrum")]
-MODEL_DEFAULTS = dict(t_embedding="log", analytic_term=True, scale_energy=True)
+spectrum_images = 50_000          # training images whose statistics give data_var and the spectrum (see below)
+spectrum_floor = 1e-4             # gaussian_term: floor of the spectrum, a fraction of the pixel variance (dataset.py)
+# model: the fields of model.UNetConfig but channels, data_spectrum and image_size (measured on the data).
+# Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md):
+# U = U_G + B d tanh(r / (B d)), U_G the stationary Gaussian fitted to the training set, B = energy_bound
+# nats/dim, r = 0.5 <y - m, f> / (s^2 + t), the last conv zeroed so training starts from U_G, and log-t
+# noise conditioning. Two other settings:
+#   the previous default:  --gaussian_term=False --energy_bound=None --zero_init_out=False --analytic_term=True
+#   the paper's model:     --gaussian_term=False --energy_bound=None --zero_init_out=False --scale_energy=False --t_embedding=paper
+base_width = 64                   # channels at the finest scale; doubles at each coarser scale
+num_scales = 3                    # scales of the encoder/decoder (image sides must be divisible by 2^num_scales)
+layers_per_block = 3              # convs per block (>= 2), the down/up convs included
+groups: int | None = None         # groups of every norm layer; None = one per channel (the reference)
+preserve_scale = True             # scale-preserving GroupNorm (docs/method.md §2.2); False = plain GroupNorm
+emb_dim = 256                     # width of the noise-conditioning MLP
+num_freqs = 32                    # sinusoidal frequencies of the t embedding
+kernel_impl: Literal["auto", "torch", "triton"] = "auto"   # group_norm_silu path (kernels/)
+t_embedding: Literal["paper", "log"] = "log"   # "paper": sinusoids of t; "log": of log(t + t_floor)
+t_floor = 1e-6                    # "log" only: the embedding is flat for t << t_floor (variance units)
+data_var: float | None = None     # s^2, per-pixel data variance; None = measured on the training set (or read
+                                  # from the checkpoint on resume); a value also makes analytic_term isotropic
+analytic_term = False             # U += the log-det of the data's full-covariance Gaussian (the previous default)
+scale_energy = True               # the network term is 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
+gaussian_term = True              # U += U_G(y, t), the stationary Gaussian fitted to the data; False = the paper
+energy_bound: float | None = 1.0  # B, nats/dim: the network term becomes B d tanh(r / (B d)); None = unbounded
+zero_init_out = True              # zero the last conv: training starts from U_G; False = PyTorch init (the paper)
 
 PRESETS = {
     "cpu": dict(                  # ~10 min on one CPU core: grayscale 32x32 patches of photographs
@@ -73,61 +92,12 @@ PRESETS = {
         batch_size=32, max_steps=600, lr=1e-3, lr_halve_every=200,
         log_interval=25, eval_interval=300, eval_images=256, ckpt_interval=100),
 }
-# -----------------------------------------------------------------------------
-
-
-def parse_value(key, text, typ):
-    """The text of --key=value as typ (bool, int, float, str or `X | None`); ValueError names the key."""
-    options = typing.get_args(typ)
-    if type(None) in options:
-        if text.lower() == "none":
-            return None
-        typ = next(o for o in options if o is not type(None))
-    try:
-        if typ is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if typ is int:
-            v = float(text)
-            if not v.is_integer():
-                raise ValueError
-            return int(v)
-        return typ(text)
-    except ValueError:
-        raise ValueError(f"--{key}={text}: expected a value of type {typ.__name__}") from None
-
-
-def parse_config(argv, config, types):
-    """Apply --preset=NAME, then every other --key=value of argv, to config (in place)."""
-    pairs = []
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            sys.exit(print(__doc__ + "\nkeys and defaults:\n" + "\n".join(f"  --{k}={v}" for k, v in config.items())))
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"argument {arg!r} is not of the form --key=value")
-        key, text = arg[2:].split("=", 1)
-        if key not in config:
-            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(config)}")
-        pairs.append((key, text))
-    for key, text in sorted(pairs, key=lambda kv: kv[0] != "preset"):
-        config[key] = parse_value(key, text, types[key])
-        if key == "preset":
-            if config[key] not in PRESETS:
-                raise ValueError(f"unknown preset {config[key]!r}; presets: {', '.join(PRESETS)}")
-            config.update(PRESETS[config[key]])
-
-
-config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-types = {k: type(v) for k, v in config.items()}
-for f in MODEL_KEYS:
-    config[f.name] = MODEL_DEFAULTS.get(f.name, f.default)
-    types[f.name] = type(f.default) if isinstance(f.type, str) else f.type
-try:
-    parse_config(sys.argv[1:], config, types)
-except ValueError as e:
-    sys.exit(f"train.py: {e}")
+MODEL_KEYS = [f.name for f in fields(UNetConfig) if f.name not in ("channels", "data_spectrum", "image_size")]
+config = configure(config_block(globals()), doc=__doc__, presets=PRESETS)
+require(all(k in config for k in MODEL_KEYS), f"train.py defines no key for the UNetConfig fields "
+        f"{[k for k in MODEL_KEYS if k not in config]}: add them to its config block")
 globals().update(config)
+# -----------------------------------------------------------------------------
 t_start = time.time()
 
 # ----------------------------------------------------------------------------- data and checks
@@ -182,29 +152,39 @@ if resume_path:
     except Exception as e:
         sys.exit(f"train.py: checkpoint {resume_path} is corrupt ({type(e).__name__}: {e}); move it away "
                  f"(the one before it is {prev_path}: rename it to ckpt.pt to resume from it) or use another out_dir")
-# analytic_term and scale_energy need the data's pixel variance and covariance spectrum (model.py): measured
-# once by rank 0 on the training device, sent to every rank; a resumed run reads them from its checkpoint
-data_stats = dict(data_var=data_var, data_spectrum=None)
-if kind == "denoiser":              # x_hat = y - t f(y, t) has no energy: the two options do not apply
-    config.update(analytic_term=False, scale_energy=False)
-elif (analytic_term or scale_energy) and data_var is None:
-    if resume_path:
-        data_stats = {k: ckpt_model_config.get(k) for k in data_stats}
-    else:
-        stats = [None]
-        if master:
-            try:
+# gaussian_term needs the data's mean and spectrum (dataset.stationary_spectrum), analytic_term and scale_energy
+# the pixel variance (and analytic_term the covariance spectrum): measured once by rank 0 on the training device,
+# sent to every rank; a resumed run reads them from its checkpoint (the Gaussian term's buffers are in its state_dict)
+data_stats, gaussian = dict(data_var=data_var, data_spectrum=None), None
+if kind == "denoiser":              # x_hat = y - t f(y, t) has no energy: the options do not apply
+    config.update(analytic_term=False, scale_energy=False, gaussian_term=False, energy_bound=None, zero_init_out=False)
+elif resume_path and (gaussian_term or analytic_term or scale_energy) and data_var is None:
+    data_stats = {k: ckpt_model_config.get(k) for k in data_stats}
+elif gaussian_term and analytic_term:
+    sys.exit("train.py: gaussian_term already holds the log-det that analytic_term adds: turn one off "
+             "(--analytic_term=False, the default)")
+elif gaussian_term or ((analytic_term or scale_energy) and data_var is None):
+    stats = [None]
+    if master:
+        try:
+            if gaussian_term:
+                mean, P, _ = stationary_spectrum(train_data, spectrum_images, spectrum_floor, device=device)
+                var = P.diagonal(dim1=-2, dim2=-1).real.mean().item() / (1 + spectrum_floor)   # the pixel variance
+                stats = [dict(data_var=data_var or var, data_spectrum=None, gaussian=(mean, P))]
+            else:
                 var, spectrum = covariance_spectrum(train_data, spectrum_images, device=device)
                 stats = [dict(data_var=var, data_spectrum=spectrum)]
-            except ValueError as e:
-                stats = [str(e)]                                        # every rank stops with the message
-        if ddp:
-            dist.broadcast_object_list(stats, src=0)
-        if isinstance(stats[0], str):
-            sys.exit(f"train.py: {stats[0]}")
-        data_stats = stats[0]
+        except ValueError as e:
+            stats = [str(e)]                                            # every rank stops with the message
+    if ddp:
+        dist.broadcast_object_list(stats, src=0)
+    if isinstance(stats[0], str):
+        sys.exit(f"train.py: {stats[0]}")
+    gaussian = stats[0].pop("gaussian", None)
+    data_stats = stats[0]
 try:
-    model_config = UNetConfig(channels=C, **{**{f.name: config[f.name] for f in MODEL_KEYS}, **data_stats}).to_dict()
+    model_config = UNetConfig(channels=C, image_size=(H, W) if config["gaussian_term"] else None,
+                              **{**{k: config[k] for k in MODEL_KEYS}, **data_stats}).to_dict()
 except ValueError as e:
     sys.exit(f"train.py: {e}")
 spectrum = model_config["data_spectrum"]                                # the config records what was measured
@@ -213,6 +193,8 @@ config.update(data_var=model_config["data_var"], data_spectrum=spectrum and list
 # ----------------------------------------------------------------------------- model, optimizer, resume
 torch.manual_seed(seed)
 raw_model = build_model(kind, model_config).to(device)
+if gaussian is not None:
+    raw_model.set_gaussian(*gaussian)
 optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2))
 ema = [p.detach().clone() for p in raw_model.parameters()] if ema_halflife_images else None
 step = 0

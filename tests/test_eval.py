@@ -123,14 +123,6 @@ def test_ode_nll_agrees_with_one_pass_nll():
     assert se8 < 0.6 * se and abs(m8) < 4 * se8 + 0.05, (m8, se8, se)  # 8 probes: ~1/sqrt(8) of the noise
 
 
-def test_parse_overrides():
-    cfg = dict(a=1, b=0.5, c="x", d=False)
-    assert ev.parse_overrides(cfg, ["--a=1e3", "--b=2", "--c=y", "--d=true"]) == dict(a=1000, b=2.0, c="y", d=True)
-    for bad in (["--e=1"], ["--a=x"], ["a=1"], ["--d=maybe"]):
-        with pytest.raises(SystemExit):
-            ev.parse_overrides(cfg, bad)
-
-
 # ----------------------------------------------------------------------------- commands on a tiny checkpoint
 TINY = dict(channels=1, base_width=4, num_scales=1, layers_per_block=2, emb_dim=8, num_freqs=4)
 
@@ -236,7 +228,7 @@ def test_sampler_one_generator_per_seed():
 
 def test_sample_command(tiny, capsys):
     out = tiny["root"] / "samples"
-    r = sample.main([f"--ckpt={tiny['energy']}", "--n=5", "--n_steps=4", "--mala_steps=1", "--image_size=8",
+    r = sample.main([f"--ckpt={tiny['energy']}", "--num_samples=5", "--n_steps=4", "--mala_steps=1", "--image_size=8",
                      "--batch_size=2", f"--data_dir={tiny['data']}", "--device=cpu", f"--out={out}"])
     assert (out / "samples.png").exists() and np.load(out / "samples.npy").shape == (5, 8, 8, 1)
     saved = json.loads((out / "samples.json").read_text())
@@ -246,18 +238,18 @@ def test_sample_command(tiny, capsys):
         sample.main([f"--ckpt={tiny['denoiser']}"])
     with pytest.raises(SystemExit, match="pass --image_size"):
         sample.main([f"--ckpt={tiny['energy']}", f"--out={out}"])
-    assert sample.main([f"--ckpt={tiny['trained']}", "--n=1", "--n_steps=1", f"--out={out}"])["n"] == 1   # 8x8 from its data
+    assert sample.main([f"--ckpt={tiny['trained']}", "--num_samples=1", "--n_steps=1", f"--out={out}"])["n"] == 1   # 8x8 from its data
 
 
 def test_sample_torchrun_matches_one_process(tiny):
     """Seeds split over 2 ranks (gloo) and gathered give the samples of one process, in seed order."""
-    args = [f"--ckpt={tiny['energy']}", "--n=5", "--n_steps=3", "--image_size=8", "--device=cpu"]
+    args = [f"--ckpt={tiny['energy']}", "--num_samples=5", "--n_steps=3", "--image_size=8", "--device=cpu"]
     one = tiny["root"] / "one"
     sample.main(args + ["--batch_size=5", f"--out={one}"])
     two = tiny["root"] / "two"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "sample.py",
-                    "--", *args, "--batch_size=2", f"--out={two}"], check=True, env=env, capture_output=True,
+                    *args, "--batch_size=2", f"--out={two}"], check=True, env=env, capture_output=True,
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     a, b = np.load(one / "samples.npy"), np.load(two / "samples.npy")
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())

@@ -114,7 +114,7 @@ def test_warp_cli_is_non_gaussian_with_exact_entropy(tmp_path):
     assert abs(train.mean() - 0.5) < 0.02 and (z ** 4).mean() > 5      # heavy tails (a Gaussian has 3)
 
 
-@pytest.mark.parametrize("arg, message", [("--sizes=8", "bad argument"), ("--amplitude=-1", "amplitude > 0"),
+@pytest.mark.parametrize("arg, message", [("--sizes=8", "unknown key --sizes"), ("--amplitude=-1", "amplitude > 0"),
                                           ("--warp=-1", "--warp must be >= 0")])
 def test_prepare_cli_bad_input(tmp_path, arg, message):
     r = subprocess.run([sys.executable, "data/grf/prepare.py", arg, f"--out={tmp_path}"], capture_output=True, text=True)

@@ -54,7 +54,7 @@ def data_dir(tmp_path_factory):
 
 def test_ddp_gradients_equal_single_process(data_dir, tmp_path):
     """2 ranks (gloo) x 1 micro-batch of 2 and 1 process x 2 micro-batches of 2 see the same global batch."""
-    common = [f"--data_dir={data_dir}", "--max_steps=1"]
+    common = [f"--data_dir={data_dir}", "--max_steps=1", "--zero_init_out=False"]   # zeroed: only the last conv moves at step 1
     ddp = start(*common, f"--out_dir={tmp_path / 'ddp'}", f"--grad_dump={tmp_path / 'ddp.pt'}",
                 launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
     single = finish(start(*common, "--grad_accum=2", f"--out_dir={tmp_path / 'single'}",
@@ -98,11 +98,14 @@ def test_resume_repeats_uninterrupted_run(data_dir, tmp_path):
     assert torch.load(tmp_path / "full" / "ckpt_prev.pt", weights_only=True)["step"] == 2
     model, ckpt = load_model(str(tmp_path / "full" / "ckpt.pt"), kind="energy")
     assert ckpt["config"]["max_steps"] == 4 and ckpt["model_config"]["channels"] == 1
-    # the default conditioning: data statistics measured on the 80 training images, in both configs
-    spectrum = ckpt["model_config"]["data_spectrum"]
-    assert len(spectrum) == 64 and list(spectrum) == ckpt["config"]["data_spectrum"]
-    assert ckpt["config"]["data_var"] == ckpt["model_config"]["data_var"] > 0
-    assert b["model_config"]["data_spectrum"] == spectrum          # the resumed run read it back
+    # the default confining energy: the Gaussian term measured on the 80 training images (its buffers are in
+    # the state_dict, compared above), the pixel variance in both configs, read back by the resumed run
+    mc = ckpt["model_config"]
+    assert mc["gaussian_term"] and tuple(mc["image_size"]) == (8, 8) and mc["energy_bound"] == 1.0
+    assert ckpt["config"]["data_var"] == mc["data_var"] > 0 and b["model_config"]["data_var"] == mc["data_var"]
+    x = np.load(os.path.join(data_dir, "train.npy")).astype(np.float64) / 255
+    assert mc["data_var"] == pytest.approx(x.var(), rel=1e-5)      # Parseval: mean of diag P_k = E (x - m)^2
+    assert model.gaussian.mean.item() == pytest.approx(x.mean(), rel=1e-5)
     with open(tmp_path / "full" / "config.json") as fh:
         assert json.load(fh)["ema_halflife_images"] == 8
 
@@ -132,11 +135,13 @@ BAD_INPUTS = {
     "wrong shape": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', shape=(8, 8, 2))}"], "expected (N, H, W, C)"),
     "wrong dtype": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', dtype=np.float64)}"], "dtype float64"),
     "size not divisible": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', shape=(10, 10, 1))}"], "not divisible by 2^num_scales"),
-    "unknown key": (lambda tmp, d: [f"--data_dir={d}", "--batchsize=4"], "unknown config key 'batchsize'"),
-    "wrong type": (lambda tmp, d: [f"--data_dir={d}", "--max_steps=ten"], "expected a value of type int"),
+    "unknown key": (lambda tmp, d: [f"--data_dir={d}", "--batchsize=4"], "unknown key --batchsize"),
+    "wrong type": (lambda tmp, d: [f"--data_dir={d}", "--max_steps=ten"], "--max_steps=ten: expected int"),
     "corrupt checkpoint": (corrupt_checkpoint, "is corrupt"),
-    "too few images for the spectrum": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', n=(40, 8))}"],
+    "too few images for the spectrum": (lambda tmp, d: [f"--data_dir={write_data(tmp / 'x', n=(40, 8))}",
+                                                         "--gaussian_term=False", "--analytic_term=True"],
                                         "spectrum needs more images than dimensions"),
+    "both log-dets": (lambda tmp, d: [f"--data_dir={d}", "--analytic_term=True"], "turn one off"),
 }
 
 
@@ -148,3 +153,12 @@ def test_bad_inputs_fail_clearly(data_dir, tmp_path):
         run, message = finish(proc), BAD_INPUTS[case][1]
         assert run.returncode != 0, case
         assert message in run.stderr and "Traceback" not in run.stderr, (case, run.stderr[-2000:])
+
+
+def test_defaults_train_on_a_single_image(tmp_path):
+    """The stationary Gaussian term is defined for any N >= 1 (dataset.stationary_spectrum): no singular covariance."""
+    folder = write_data(tmp_path / "one", n=(1, 8))
+    run = train(f"--data_dir={folder}", "--max_steps=2", "--eval_interval=2", f"--out_dir={tmp_path / 'out'}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    nll = records(tmp_path / "out", "eval")[2]["nll_bpd"]
+    assert np.isfinite(nll)

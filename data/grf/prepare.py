@@ -96,22 +96,16 @@ if __name__ == "__main__":
         warp=0.0,           # > 0: non-Gaussian pixels, mean + amplitude sinh(warp z) / warp (docstring)
         out="data/grf",     # output folder
     )
-    for arg in sys.argv[1:]:
-        key, sep, value = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not sep or key not in config:
-            raise SystemExit(f"bad argument {arg!r}: use --key=value with key in {sorted(config)}")
-        try:
-            config[key] = type(config[key])(value)
-        except ValueError:
-            raise SystemExit(f"--{key}={value}: expected a {type(config[key]).__name__}")
-    if config["warp"] < 0:
-        raise SystemExit(f"--warp must be >= 0 (0 = the Gaussian field), got {config['warp']}")
-    if config["n_train"] < 1 or config["n_val"] < 1:
-        raise SystemExit(f"n_train and n_val must be >= 1, got {config['n_train']}, {config['n_val']}")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from configurator import configure, fail, require
+    config = configure(config, doc=__doc__, source_file=__file__)
+    require(config["warp"] >= 0, f"--warp must be >= 0 (0 = the Gaussian field), got {config['warp']}")
+    require(config["n_train"] >= 1 and config["n_val"] >= 1,
+            f"--n_train and --n_val must be >= 1, got {config['n_train']}, {config['n_val']}")
     try:
         lam = grf_eigenvalues(config["size"], config["alpha"], config["k0"], config["amplitude"])
     except ValueError as e:
-        raise SystemExit(str(e))
+        fail(str(e))
     g = torch.Generator().manual_seed(config["seed"])
     os.makedirs(config["out"], exist_ok=True)
     for split in ("train", "val"):

@@ -12,9 +12,9 @@ Each pickle is a dict with `data`, uint8 (n, 12288): per row 4096 red values, th
 (written under a temporary name, renamed when complete), so memory holds one pickle at a time.
 The pickles are unpickled: use only the official files.
 """
-import argparse
 import os
 import pickle
+import sys
 
 import numpy as np
 
@@ -76,20 +76,25 @@ def convert(files, out_path, count, grayscale, chunk=10_000):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", required=True, help="folder with train_data_batch_1..10 and val_data")
-    parser.add_argument("--out", default=None, help="output folder (default data/imagenet64, or data/imagenet64_gray)")
-    parser.add_argument("--grayscale", action="store_true", help="ITU-R 601 luma, (N, 64, 64, 1)")
-    parser.add_argument("--counts", default=f"{COUNTS[0]},{COUNTS[1]}",
-                        help="expected train,val image counts (default: the official ones)")
-    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from configurator import configure, fail, require
+    config = configure(dict(
+        src="",                      # folder with train_data_batch_1 .. train_data_batch_10 and val_data (required)
+        out="",                      # output folder; "" = data/imagenet64 (data/imagenet64_gray with --grayscale)
+        grayscale=False,             # ITU-R 601 luma, (N, 64, 64, 1)
+        counts=COUNTS,               # expected train,val image counts (default: the official ones)
+    ), doc=__doc__, source_file=__file__)
+    require(config["src"], "needs --src=DIR, the folder holding the unzipped official pickles (see --help)")
+    require(len(config["counts"]) == 2 and min(config["counts"]) >= 1,
+            f"--counts={','.join(map(str, config['counts']))}: expected two counts >= 1, train,val")
     here = os.path.dirname(os.path.abspath(__file__))
-    out_dir = args.out or (here + "_gray" if args.grayscale else here)
-    n_train, n_val = (int(c) for c in args.counts.split(","))
+    out_dir = config["out"] or (here + "_gray" if config["grayscale"] else here)
+    n_train, n_val = config["counts"]
     os.makedirs(out_dir, exist_ok=True)
     try:
         for files, name, count in ((VAL_FILES, "val", n_val), (TRAIN_FILES, "train", n_train)):
-            convert([os.path.join(args.src, f) for f in files], os.path.join(out_dir, f"{name}.npy"), count, args.grayscale)
+            convert([os.path.join(config['src'], f) for f in files], os.path.join(out_dir, f"{name}.npy"), count,
+                    config["grayscale"])
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"prepare.py: {e}")
+        fail(str(e))
     print(f"wrote {out_dir}/train.npy and val.npy")

@@ -8,8 +8,8 @@ ITU-R 601 luma (as the grayscale ImageNet64), and cut into overlapping patches (
 neighbours share 3/4 of their pixels), shuffled with a fixed seed. Needs scikit-image, whose wheel
 ships these photographs (no download).
 """
-import argparse
 import os
+import sys
 
 import numpy as np
 
@@ -46,18 +46,23 @@ def make_split(images, size, stride, seed):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)), help="output folder")
-    parser.add_argument("--size", type=int, default=32, help="patch side in pixels")
-    parser.add_argument("--stride", type=int, default=8, help="step between patches in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
-    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from configurator import configure, fail, require
+    config = configure(dict(
+        out="",                      # output folder; "" = this script's folder (data/patches)
+        size=32,                     # patch side in pixels
+        stride=8,                    # step between patches in pixels
+        seed=0,                      # seed of the shuffle
+    ), doc=__doc__, source_file=__file__)
+    require(config["size"] >= 1 and config["stride"] >= 1,
+            f"--size={config['size']} and --stride={config['stride']} must be >= 1 (pixels)")
     try:
         import skimage  # noqa: F401
     except ImportError:
-        raise SystemExit("prepare.py needs scikit-image: pip install scikit-image (see requirements.txt)")
-    os.makedirs(args.out, exist_ok=True)
+        fail("needs scikit-image: pip install scikit-image (see requirements.txt)")
+    out = config["out"] or os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(out, exist_ok=True)
     for split, photos in (("train", TRAIN_PHOTOS), ("val", VAL_PHOTOS)):
-        x = make_split([load_photo(p) for p in photos], args.size, args.stride, args.seed)
-        np.save(os.path.join(args.out, f"{split}.npy"), x)
+        x = make_split([load_photo(p) for p in photos], config['size'], config['stride'], config['seed'])
+        np.save(os.path.join(out, f"{split}.npy"), x)
         print(f"{split}: {x.shape} {x.dtype} from {', '.join(photos)}")
