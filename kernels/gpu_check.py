@@ -15,8 +15,8 @@ stages are skipped the same way):
  4. a synthetic dataset of random 64x64x3 uint8 images, written under a temporary folder
  5. train.py, `train_steps` steps at batch 128 with the paper's UNet: img/s (the last log interval, so
     compilation is excluded) and peak memory, for kernel_impl torch (train.py's name of the reference)
-    vs triton, fp32 vs TF32 (when
-    train.py has a `tf32` key), and the denoiser (kind=denoiser) for the energy / denoiser ratio
+    vs triton, fp32 vs TF32 (when train.py has a `tf32` key), and the denoiser (kind=denoiser) for
+    the energy / denoiser ratio
  6. torchrun --nproc_per_node=1 train.py (NCCL on CUDA, gloo on CPU)
  7. eval.py (NLL, PSNR, a short ODE check) and 8. sample.py, on cuda, from the triton checkpoint
 Every stage's command, exit status, seconds and last output lines go to summary.md, rewritten
