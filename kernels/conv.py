@@ -30,7 +30,7 @@ def _wanted(ctx, i):
     node = ctx.next_functions[i][0]
     try:
         return node is None or torch._C._will_engine_execute_node(node)
-    except RuntimeError:
+    except (RuntimeError, AttributeError):                         # a leaf under autograd.grad; an older torch
         return True
 
 
