@@ -161,7 +161,7 @@ def main(argv=None):
     bench_md = os.path.join(out_dir, "kernels_bench.md")
     kbench_cmd = (["kernels/bench.py", f"--impls=reference,{fused}", f"--out={bench_md}"]
                   + (["--device=cpu", "--batch=2", "--shapes=8x8", "--reps=1", "--warmup=0", "--step_batch=2", "--step_size=8",
-                      "--channels=1", "--base_width=4", "--num_scales=1"] if cpu else ["--reps=10", "--warmup=2"]))
+                      "--channels=1", "--base_width=4", "--num_scales=1", "--conv_shapes=4x8"] if cpu else ["--reps=10", "--warmup=2"]))
     bench_cmd = (["bench.py", f"--impls=reference,{fused}", "--profile_steps=0"]
                  + (["--device=cpu", "--batch=2", "--size=8", "--base_width=4", "--num_scales=1", "--reps=1", "--warmup=0"] if cpu else
                     ["--device=cuda", "--batch=128", "--size=64", "--channels=3", "--base_width=64", "--num_scales=3", "--reps=5",
