@@ -245,16 +245,22 @@ class StationaryGaussian(nn.Module):
         log_det = torch.log1p(t.view(-1, 1, 1, 1) / self.eig.to(y.dtype)).flatten(1).sum(dim=1)
         return 0.5 * (quad + log_det)
 
-    @torch.no_grad()
+    def apply(self, v, t, power):
+        """(Sigma + t I)^power v for real images v (B, C, H, W) and t a float or (B,): per frequency
+        V diag((e + t)^power) V^H. power 1, -1 and 1/2 give the preconditioner of ais.mala_step, its
+        inverse and its square root (the square root keeps P_{-k} = conj(P_k), so real stays real)."""
+        t = torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(-1, 1, 1, 1)
+        V = torch.view_as_complex(self.basis.to(v.dtype).contiguous())                # (H, W, C, C)
+        v_hat = torch.fft.fft2(v, norm="ortho").permute(0, 2, 3, 1)                   # (B, H, W, C)
+        z = torch.einsum("hwcj,bhwc->bhwj", V.conj(), v_hat) * (self.eig.to(v.dtype) + t) ** power
+        out = torch.einsum("hwcj,bhwj->bhwc", V, z).permute(0, 3, 1, 2)
+        return torch.fft.ifft2(out, norm="ortho").real                                # imaginary part: round-off
+
     def sample(self, n, t, generator=None):
-        """(n, C, H, W) draws of N(m, Sigma + t I): real white noise w, y = m + F^H (P_k + t I)^(1/2) F w."""
+        """(n, C, H, W) draws of N(m, Sigma + t I): m + (Sigma + t I)^(1/2) w with w real white noise."""
         H, W, C = self.eig.shape
         w = torch.randn(n, C, H, W, generator=generator, device=self.eig.device, dtype=self.eig.dtype)
-        w_hat = torch.fft.fft2(w, norm="ortho").permute(0, 2, 3, 1)                   # (n, H, W, C)
-        V = torch.view_as_complex(self.basis.contiguous())
-        z = torch.einsum("hwcj,nhwc->nhwj", V.conj(), w_hat) * (self.eig + t).sqrt()
-        y_hat = torch.einsum("hwcj,nhwj->nhwc", V, z).permute(0, 3, 1, 2)
-        return torch.fft.ifft2(y_hat, norm="ortho").real + self.mean.view(1, -1, 1, 1)   # imaginary part: round-off
+        return self.mean.view(1, -1, 1, 1) + self.apply(w, t, 0.5)
 
 
 class EnergyUNet(nn.Module):

@@ -44,12 +44,12 @@ diagnostic "oracle" (the GRF's exact eigenvalues, which real data do not have). 
 runs in parallel (same --out).
 Writes OUT/<variant>.json per variant, then OUT/results.json (table), OUT/grf_normalization.png.
 """
-import argparse
 import json
 import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 import losses
+from configurator import configure, fail, require
 from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf
 from dataset import covariance_spectrum
 from eval import gaussian_entropy, log_norm_const, nll_bits_per_dim
@@ -79,43 +80,42 @@ VARIANTS = {
 }
 
 # ----------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 allow_abbrev=False)
-parser.add_argument("--variants", type=str, default="paper,ours", help=f"comma-separated, from {list(VARIANTS)}")
-parser.add_argument("--steps", type=int, default=2000, help="training steps per variant")
-parser.add_argument("--eval_steps", type=str, default="0,250,500,1000,2000", help="steps at which to evaluate")
-parser.add_argument("--batch_size", type=int, default=64, help="images per step")
-parser.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
-parser.add_argument("--lr_halving", type=int, default=200, help="steps between lr halvings")
-parser.add_argument("--time_weight", type=float, default=1.0, help="weight of the time term (0 = single SM)")
-parser.add_argument("--base_width", type=int, default=16, help="UNet width at the finest scale")
-parser.add_argument("--num_scales", type=int, default=2, help="UNet scales")
-parser.add_argument("--layers_per_block", type=int, default=3, help="convs per block")
-parser.add_argument("--t_floor", type=float, default=1e-6, help="t_floor of the log embedding (variance)")
-parser.add_argument("--size", type=int, default=16, help="GRF image side")
-parser.add_argument("--alpha", type=float, default=2.5, help="GRF spectral slope")
-parser.add_argument("--k0", type=float, default=2.0, help="GRF spectral knee")
-parser.add_argument("--mean", type=float, default=0.5, help="GRF mean")
-parser.add_argument("--amplitude", type=float, default=0.15, help="GRF pixel std; data_var = amplitude^2")
-parser.add_argument("--n_train", type=int, default=20000, help="training images")
-parser.add_argument("--n_eval", type=int, default=2000, help="validation images for the NLL")
-parser.add_argument("--n_grid", type=int, default=256, help="images per t for the decomposition")
-parser.add_argument("--n_t", type=int, default=31, help="noise levels of the decomposition, log-spaced")
-parser.add_argument("--t_min", type=float, default=1e-9, help="smallest noise variance (training and grid)")
-parser.add_argument("--t_max", type=float, default=1e3, help="largest noise variance; c is fixed here")
-parser.add_argument("--seed", type=int, default=0, help="seed of data, init, noise")
-parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-parser.add_argument("--out", type=str, default="results/grf", help="output folder")
-parser.add_argument("--report_only", type=lambda s: {"True": True, "False": False}[s], default=False,
-                    help="True: only rebuild results.json and the figure from OUT/*.json")
-args = parser.parse_args()
+args = SimpleNamespace(**configure(dict(
+    variants="paper,ours",      # comma-separated variant names (VARIANTS above)
+    steps=2000,                 # training steps per variant
+    eval_steps="0,250,500,1000,2000",  # comma-separated steps at which to evaluate
+    batch_size=64,              # images per step
+    lr=5e-4,                    # Adam learning rate
+    lr_halving=200,             # steps between lr halvings
+    time_weight=1.0,            # weight of the time term (0 = single SM)
+    base_width=16,              # UNet width at the finest scale
+    num_scales=2,               # UNet scales
+    layers_per_block=3,         # convs per block
+    t_floor=1e-6,               # t_floor of the log embedding (variance)
+    size=16,                    # GRF image side
+    alpha=2.5,                  # GRF spectral slope
+    k0=2.0,                     # GRF spectral knee
+    mean=0.5,                   # GRF mean
+    amplitude=0.15,             # GRF pixel std; data_var = amplitude^2
+    n_train=20000,              # training images
+    n_eval=2000,                # validation images for the NLL
+    n_grid=256,                 # images per t for the decomposition
+    n_t=31,                     # noise levels of the decomposition, log-spaced
+    t_min=1e-9,                 # smallest noise variance (training and grid)
+    t_max=1e3,                  # largest noise variance; c is fixed here
+    seed=0,                     # seed of data, init, noise
+    threads=1,                  # torch CPU threads
+    out="results/grf",          # output folder
+    report_only=False,          # True: only rebuild results.json and the figure from OUT/*.json
+), doc=__doc__))
 variants = [v for v in args.variants.split(",") if v]
 unknown = [v for v in variants if v not in VARIANTS]
-if unknown:
-    raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-eval_steps = sorted({int(s) for s in args.eval_steps.split(",")} | {args.steps})
-if eval_steps[0] < 0 or eval_steps[-1] > args.steps:
-    raise SystemExit(f"eval_steps must lie in [0, steps={args.steps}], got {args.eval_steps}")
+require(not unknown, f"--variants={args.variants}: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+require(all(s.strip().lstrip("-").isdigit() for s in args.eval_steps.split(",") if s.strip()),
+        f"--eval_steps={args.eval_steps}: expected comma-separated integers like 0,250,500")
+eval_steps = sorted({int(s) for s in args.eval_steps.split(",") if s.strip()} | {args.steps})
+require(eval_steps[0] >= 0 and eval_steps[-1] <= args.steps,
+        f"--eval_steps={args.eval_steps}: must lie in [0, steps={args.steps}]")
 torch.set_num_threads(args.threads)
 os.makedirs(args.out, exist_ok=True)
 
@@ -258,7 +258,7 @@ def report():
             with open(path) as f:
                 records[v] = json.load(f)
     if not records:
-        raise SystemExit(f"no <variant>.json in {args.out}: train first")
+        fail(f"no <variant>.json in {args.out}: train first (run without --report_only=True)")
     keys = ("gap_bpd", "gap_se_bpd", "gap_cv_bpd", "c_gauss_bpd", "time_bpd", "space_bpd", "resid_bpd", "space_fixed_mean")
     bpd = 1 / (d * LN2)
     space_min = [(lam / (lam + t)).mean().item() for t in fixed_t]                 # exact minimum of the space loss
