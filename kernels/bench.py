@@ -45,6 +45,7 @@ step_size = 64                               # image size H = W of the training 
 channels = 3                                 # image channels of the training step
 base_width = 64                              # UNet widths of the training step (defaults: the paper's)
 num_scales = 3                               # UNet scales of the training step
+conv_shapes = "64x64"                        # CxH of the 3x3 conv double-backward comparison (batch `batch`); "" skips it
 threads = 1                                  # CPU threads (the CI machine is shared)
 out = ""                                     # also write the tables (markdown) to this file
 # -------------------------------------------------------------------------------------------------
@@ -56,8 +57,9 @@ require(reps >= 1 and warmup >= 0 and batch >= 1 and step_batch >= 0, "need reps
 try:
     shape_list = [tuple(int(s) for s in shape.split("x")) for shape in shapes.split(",")]
     require(all(len(s) == 2 and min(s) >= 1 for s in shape_list), "")
+    require(all(len(s.split("x")) == 2 and min(int(v) for v in s.split("x")) >= 1 for s in conv_shapes.split(",") if s), "")
 except (ValueError, SystemExit):
-    require(False, f"--shapes={shapes}: expected comma-separated CxH pairs such as 64x64,128x32")
+    require(False, f"--shapes={shapes} / --conv_shapes={conv_shapes}: expected comma-separated CxH pairs such as 64x64,128x32")
 try:
     dev = torch.device(device)
 except RuntimeError:
@@ -115,6 +117,21 @@ def op_passes(impl, N, C, H):
     return f, fwd_bwd, three
 
 
+def conv_passes(fused, N, C, H):
+    """A 3x3 C->C convolution: forward, input gradient with create_graph=True (the scores), then the
+    gradient of <input gradient, u> in the weight (the double backward of a dual score matching step)."""
+    from kernels.conv import conv
+    gen = torch.Generator(device=dev).manual_seed(0)
+    module = torch.nn.Conv2d(C, C, 3, padding=1, bias=False).to(dev)
+    x = torch.randn(N, C, H, H, generator=gen, device=dev).requires_grad_(True)
+    gy, u = (torch.randn(N, C, H, H, generator=gen, device=dev) for _ in range(2))
+
+    def passes():
+        gx, = torch.autograd.grad(conv(x, module) if fused else module(x), x, gy, create_graph=True)
+        torch.autograd.grad(gx, module.weight, u)
+    return passes
+
+
 def copy_gbs(N, C, H):
     x = torch.empty(N, C, H, H, device=dev)
     y = torch.empty_like(x)
@@ -163,6 +180,15 @@ for C, H in shape_list:
     if dev.type == "cuda":
         lines.append(f"| {C} x {H} x {H} | copy (x.copy_) | {copy_gbs(batch, C, H):.1f} GB/s |")
         print(lines[-1], flush=True)
+conv_list = [tuple(int(v) for v in shape.split("x")) for shape in conv_shapes.split(",") if shape]
+if conv_list:
+    lines += ["", f"3x3 convolution, forward + input gradient (create_graph) + its gradient in the weight, batch {batch}: "
+              "PyTorch's generic double backward vs kernels.conv", "",
+              "| C x H x W | generic ms | kernels.conv ms | speedup |", "| --- | ---: | ---: | ---: |"]
+    for C, H in conv_list:
+        generic, fused_ms = interleaved([conv_passes(False, batch, C, H), conv_passes(True, batch, C, H)])
+        lines.append(f"| {C} x {H} x {H} | {generic:.3f} | {fused_ms:.3f} | {generic / fused_ms:.3g}x |")
+    print("\n".join(lines[-(len(conv_list) + 4):]), flush=True)
 if step_batch:
     lines += ["", f"Energy training step (dual score matching, batch {step_batch}, {channels}x{step_size}x{step_size}, "
               f"base_width {base_width}, {num_scales} scales): forward, scores with create_graph=True, backward, Adam; "

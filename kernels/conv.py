@@ -1,8 +1,9 @@
 """A bias-free 2D convolution (or transposed convolution) whose double backward is two convolutions.
 
-PyTorch differentiates its own convolution backward generically (`_convolution_double_backward`);
-on CPU that path costs 3-8x a convolution backward, and a dual score matching step takes it once per
-layer (kernels/README.md, "CPU profile"). The same two Functions as function.py's wiring fix it:
+PyTorch differentiates its own convolution backward generically (`_convolution_double_backward`),
+slower on CPU than the two convolution calls it amounts to, and a dual score matching step takes it
+once per layer (kernels/README.md, "CPU profile", has the timings). Two Functions wired like
+function.py's compute it directly:
 
     Conv.forward             y  = conv(x, W)
     Conv.backward            ConvBackward.apply(gy, x, W)         (recorded under create_graph=True)
@@ -30,7 +31,7 @@ def _wanted(ctx, i):
     node = ctx.next_functions[i][0]
     try:
         return node is None or torch._C._will_engine_execute_node(node)
-    except RuntimeError:
+    except (RuntimeError, AttributeError):                         # a leaf under autograd.grad; an older torch
         return True
 
 

@@ -52,7 +52,8 @@ sums over H, W (sum t, <t, x>, <t, ux>) instead of materialising xc, xhat, gh, G
     backward         da = silu_backward(dy, a)  (one aten op: dy silu'(a));         (da saved)
                      S1 = sum_hw da,  S2 = sum_hw da x  ->  A, B, P;  dx = da s w gain + x c + const
     double backward  a_dot = ux s w gain + x (s_dot w gain + s ug) + const,  g_dy = silu_backward(a_dot, a),
-                     g_a = sigmoid_backward((2 + a - 2 out) a_dot dy, sig) = dy silu''(a) a_dot;  sums of g_a, g_a x, da ux, ux, ux x -> R1, R2, R3, Q;
+                     g_a = sigmoid_backward((2 + a - 2 out) a_dot dy, sig) = dy silu''(a) a_dot;
+                     sums of g_a, g_a x, da ux, ux, ux x -> R1, R2, R3, Q;
                      gx = g_a s w gain + da (s ug + s_dot w gain) + ux c1 + x c2 + const
 with ug = uw gain + w ugain. Elementwise ops keep the input's memory format (channels_last stays
 channels_last); sums over H, W accept any strides.

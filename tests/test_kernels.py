@@ -414,7 +414,7 @@ def test_gpu_check_cpu_mode(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     summary = (tmp_path / "summary.md").read_text()
-    for stage in ("kernel tests (CPU subset)", "kernels.bench (per pass)", "bench.py (energy vs denoiser step)",
+    for stage in ("options of every command (dry run)", "kernels.bench (per pass)", "bench.py (energy vs denoiser step)",
                   "train.py energy auto fp32", "train.py denoiser auto fp32", "torchrun --nproc_per_node=1 train.py",
                   "eval.py", "sample.py"):
         assert f"| {stage} | ok |" in summary, stage
