@@ -77,7 +77,7 @@ groups: int | None = None         # groups of every norm layer; None = one per c
 preserve_scale = True             # scale-preserving GroupNorm (docs/method.md §2.2); False = plain GroupNorm
 emb_dim = 256                     # width of the noise-conditioning MLP
 num_freqs = 32                    # sinusoidal frequencies of the t embedding
-kernel_impl: Literal["auto", "torch", "triton"] = "auto"   # group_norm_silu path (kernels/)
+kernel_impl: Literal["auto", "derived", "triton", "reference", "torch"] = "auto"   # group_norm_silu path: auto = triton on CUDA, derived on CPU; reference (alias torch) = autograd (kernels/)
 t_embedding: Literal["paper", "log"] = "log"   # "paper": sinusoids of t; "log": of log(t + t_floor)
 t_floor = 1e-6                    # "log" only: the embedding is flat for t << t_floor (variance units)
 data_var: float | None = None     # s^2, the per-pixel data variance; None = measured on the training set (a value: isotropic analytic term)
