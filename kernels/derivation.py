@@ -161,32 +161,36 @@ def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
 
 
 def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
-    """(dx, dw, dgain) and the state the double backward needs: da (full size), S1, S2, A, B, dv."""
+    """(dx, dw, dgain) and the state the double backward needs: da (full size), S1, Pc, A, B, dv.
+
+    Every sum over a group uses the centred xc = x - m, not sum x - m sum: with few values per group (a
+    1x1 middle block) the coefficient of xc reaches 1 / eps^(3/2), and the uncentred form would turn
+    rounding errors of size |m| into wrong gradients where the exact ones are 0."""
     a, m, v, s, _ = state
     N, C = x.shape[:2]
     dt = a.dtype
     x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
     K = x[0].numel() // groups
     m_c, s_c = _per_channel(m, C), _per_channel(s, C)
+    xc = x - _bc(m_c)                                                  # (N, C, H, W)
     da = torch.ops.aten.silu_backward(dy.to(dt), a)                   # dy silu'(a)
-    S1, S2 = _sum(da), _dot(da, x)                                     # (N, C)
-    Pc = torch.addcmul(S2, m_c, S1, value=-1)                          # sum_hw da xc
+    S1, Pc = _sum(da), _dot(da, xc)                                    # sum_hw da, sum_hw da xc: (N, C)
     wg = weight * gain
     A, B = _per_group(wg * Pc, groups), _per_group(wg * S1, groups)   # sum gh xc, sum gh
     ds = scale(v, eps, preserve_scale, order=1)
     dv = A * ds[1] + (A * ds[2]).mean(dim=1, keepdim=True) if preserve_scale else A * ds[1]
     c_c = _per_channel(dv * (2 / K), C)                                # backward_coefs' c
     alpha = s_c * wg
-    const = torch.addcmul(s_c * _per_channel(B, C) * (-1 / K), c_c, m_c, value=-1)
-    dx = torch.addcmul(_bc(const), x, _bc(c_c)).addcmul_(da, _bc(alpha))   # s (gh - B / K) + c xc
+    const = s_c * _per_channel(B, C) * (-1 / K)
+    dx = torch.addcmul(_bc(const), xc, _bc(c_c)).addcmul_(da, _bc(alpha))   # s (gh - B / K) + c xc
     P = s_c * Pc                                                       # sum_hw da xhat
-    return (dx, (P * gain).sum(dim=0), P * weight), (da, S1, S2, A, B, dv)
+    return (dx, (P * gain).sum(dim=0), P * weight), (da, S1, Pc, A, B, dv)
 
 
 def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, eps=1e-5, preserve_scale=True):
     """(g_dy, gx, gw, ggain): gradients of <ux, dx> + <uw, dw> + <ugain, dgain>; any u may be None."""
     a, m, v, s, out = state
-    da, S1, S2, A, B, dv = state2
+    da, S1, Pc, A, B, dv = state2
     N, C = x.shape[:2]
     dt = a.dtype
     x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
@@ -201,28 +205,28 @@ def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, e
         uw = torch.zeros_like(weight) if uw is None else uw.to(dt)
         ugain = torch.zeros_like(gain) if ugain is None else ugain.to(dt)
         ug = torch.addcmul(uw * gain, weight, ugain)                   # uw gain + w ugain, (N, C)
-    Pc = torch.addcmul(S2, m_c, S1, value=-1)                          # sum_hw da xc
+    xc = x - _bc(m_c)                                                  # centred sums: see backward
     if ux is not None:
         ux = ux.to(dt)
-        U1 = _sum(ux)
-        U2 = torch.addcmul(_dot(ux, x), m_c, U1, value=-1)             # sum_hw xc ux
-        umean, v_dot, b_dot, s_dot = tangent_coefs(ds, _per_group(U1, G), _per_group(U2, G), K)
-        umean_c, sdot_c = _per_channel(umean, C), _per_channel(s_dot, C)
-        Sdaux = torch.addcmul(_dot(da, ux), umean_c, S1, value=-1)     # sum_hw da xc_dot
+        U2 = _dot(ux, xc)                                              # sum_hw xc ux
+        umean, v_dot, b_dot, s_dot = tangent_coefs(ds, _per_group(_sum(ux), G), _per_group(U2, G), K)
+        sdot_c = _per_channel(s_dot, C)
+        uxc = ux - _bc(_per_channel(umean, C))                         # xc_dot = ux - mean ux
+        Sdaux = _dot(da, uxc)                                          # sum_hw da xc_dot
     else:
         v_dot = b_dot = torch.zeros_like(v)
-        umean_c = sdot_c = Sdaux = torch.zeros_like(wg)
-    # a_dot = xhat_dot w gain + xhat ug = ux p1 + x p2 - umean p1 - m p2
+        sdot_c = Sdaux = torch.zeros_like(wg)
+    # a_dot = xhat_dot w gain + xhat ug = xc_dot p1 + xc p2
     p1, p2 = s_c * wg, torch.addcmul(sdot_c * wg, s_c, ug)
-    a_dot = torch.addcmul(_bc(torch.addcmul(-umean_c * p1, m_c, p2, value=-1)), x, _bc(p2))
+    a_dot = xc * _bc(p2)
     if ux is not None:
-        a_dot.addcmul_(ux, _bc(p1))
+        a_dot.addcmul_(uxc, _bc(p1))
     g_dy = torch.ops.aten.silu_backward(a_dot, a)                     # silu'(a) a_dot = out_dot
     silu_a = out if out.dtype == dt else F.silu(a)                     # a sig; out is rounded in bf16
     g_a = torch.add(a, silu_a, alpha=-2).add_(2).mul_(a_dot).mul_(dy.to(dt))   # (2 + a (1 - 2 sig)) a_dot dy
     g_a = torch.ops.aten.sigmoid_backward(g_a, torch.sigmoid(a))      # * sig (1 - sig): dy silu''(a) a_dot
     Sga = _sum(g_a)
-    Sgaxc = torch.addcmul(_dot(g_a, x), m_c, Sga, value=-1)            # sum_hw g_a xc
+    Sgaxc = _dot(g_a, xc)                                              # sum_hw g_a xc
     R1 = _per_group(torch.addcmul(wg * Sgaxc, ug, Pc), G)              # sum Gx xc
     R2 = _per_group(wg * Sdaux, G)                                     # sum gh xc_dot
     R3 = _per_group(torch.addcmul(wg * Sga, ug, S1), G)                # sum Gx
@@ -230,9 +234,8 @@ def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, e
     P = s_c * Pc                                                       # sum_hw da xhat
     c1, c2 = (_per_channel(c, C) for c in double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K))
     const = torch.addcmul(s_c * _per_channel(R3, C), sdot_c, _per_channel(B, C)) * (-1 / K)   # -(s R3 + s_dot B) / K
-    const = torch.addcmul(torch.addcmul(const, c1, umean_c, value=-1), c2, m_c, value=-1)      # - c1 umean - c2 m
     gx = torch.addcmul(_bc(const), g_a, _bc(p1)).addcmul_(da, _bc(torch.addcmul(s_c * ug, sdot_c, wg)))
-    gx.addcmul_(x, _bc(c2))
+    gx.addcmul_(xc, _bc(c2))
     if ux is not None:
-        gx.addcmul_(ux, _bc(c1))
+        gx.addcmul_(uxc, _bc(c1))
     return g_dy, gx, (gain * Q + ugain * P).sum(dim=0), torch.addcmul(weight * Q, uw, P)
