@@ -59,31 +59,32 @@ def jobs(cfg):
         seeds = cfg["seeds"] if recipe == "ours" else cfg["paper_seeds"]
         mixtures = grid(cfg) if recipe == "ours" else paper_cells(cfg)
         for K in (2, 3):
-            cells = [(d, s, w, seed) for d, s, w in mixtures if len(s) == K for seed in seeds]
-            for i in range(0, len(cells), cfg["batch_cells"]):
-                chunk = cells[i: i + cfg["batch_cells"]]
-                methods = ("single", "dual") if recipe == "ours" else cfg["paper_methods"]
-                runs = [gm.make_run(d, s, w, seed, m) for d, s, w, seed in chunk for m in methods]
-                out.append((f"{recipe}_K{K}_{i // cfg['batch_cells']:02d}", recipe, runs))
+            for small in (False, True):             # recipe ours trains d < 100 longer (gm.ours_steps)
+                cells = [(d, s, w, seed) for d, s, w in mixtures if len(s) == K and (d < 100) == small for seed in seeds]
+                for i in range(0, len(cells), cfg["batch_cells"]):
+                    chunk = cells[i: i + cfg["batch_cells"]]
+                    methods = ("single", "dual") if recipe == "ours" else cfg["paper_methods"]
+                    runs = [gm.make_run(d, s, w, seed, m) for d, s, w, seed in chunk for m in methods]
+                    out.append((f"{recipe}_K{K}_{'small_d_' if small else ''}{i // cfg['batch_cells']:02d}", recipe, runs))
     return out
 
 
-def train_cfg(cfg, recipe):
-    """The toy's config of one recipe (its defaults, then the sweep's shared keys)."""
+def train_cfg(cfg, recipe, d=1000):
+    """The toy's config of one recipe at dimension d (its defaults, then the sweep's shared keys)."""
     keys = dict(recipe=recipe, param=None, width=None, depth=None, steps=None, lr=None, schedule=None,
                 lr_halving=None, time_warmup=None, t_max=None)
     steps = cfg["steps"] if recipe == "ours" else cfg["paper_steps"]
     if steps is not None:
         keys["steps"] = steps
     shared = {k: cfg[k] for k in ("time_weight", "n_data", "batch_size", "t_min", "t_eval", "n_norm", "log_every")}
-    return gm.with_recipe({**keys, **shared})
+    return gm.with_recipe({**keys, **shared}, d)
 
 
 def run_job(job):
     """Train and evaluate one batch; write OUT/jobs/<name>.json. Returns its path."""
     name, recipe, runs, cfg = job
     torch.set_num_threads(1)
-    tcfg = train_cfg(cfg, recipe)
+    tcfg = train_cfg(cfg, recipe, min(r["d"] for r in runs))
     t0 = time.time()
     model, data, d = gm.fit(runs, tcfg, log=lambda s: print(f"[{name}] {s}", flush=True), name=f"{len(runs)} runs")
     evals, _ = gm.evaluate(model, data, d, runs, tcfg)
