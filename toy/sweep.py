@@ -171,9 +171,9 @@ def report(cfg):
     nan_to_none = lambda e: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in e.items()}
     with open(os.path.join(cfg["out"], "sweep.json"), "w") as f:
         json.dump(dict(summary=summary, cells=[nan_to_none(e) for e in flat]), f, indent=1)
-    lines = ["| recipe | d | sigmas \\| weights | seeds | dual max err (worst seed) | single max err (best seed) | "
+    lines = ["| recipe | d | sigmas | weights | seeds | dual max err (worst seed) | single max err (best seed) | "
              "single / dual (min) | single re-fitted (best seed) | dual switch r per seed (truth) | min a_k (dual) |",
-             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+             "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         sw = "—" if r["truth_switch"] is None or len(r["sigmas"]) != 2 else \
             f"{', '.join('none' if s is None else f'{s:.3f}' for s in r['switch'])} ({r['truth_switch']:.3f})" + \
