@@ -1,85 +1,157 @@
-"""Cost of one dual score matching training step vs one plain denoiser step (docs/method.md §6: 3.7x on an H100).
+"""Cost of one dual score matching training step vs one plain denoiser step (docs/method.md §6: 3.7x on
+an H100), for each group_norm_silu path, and where the time goes.
 
-    python bench.py                                   # small CPU config (1 thread per core here)
-    python bench.py --device=cuda --batch=128 --size=64 --channels=3 --base_width=64 --num_scales=3
+    python bench.py                                          # CPU, small config, reference vs auto
+    OMP_NUM_THREADS=1 nice -n 5 python bench.py --reps=15    # the numbers of kernels/README.md
+    python bench.py --base_width=32 --batch=32               # the wider CPU config of kernels/README.md
+    python bench.py --device=cuda --batch=128 --size=64 --channels=3 --base_width=64 --num_scales=3 --impls=reference,triton
 
 The energy step is: forward, first backward with create_graph=True (the scores), loss backward
-(double backward), Adam update. The denoiser step is forward, backward, Adam update, same UNet, same
-batch. Both are timed interleaved, rep by rep, so machine noise hits them alike; the table gives the
-median ms per step and the ratio.
+(double backward), Adam update. The denoiser step is forward, backward, Adam update, same UNet,
+same batch. Every (impl, step) pair is timed interleaved, rep by rep (A B A B ...), so machine
+noise hits them alike; the table gives median wall ms and median CPU ms of this thread (on CPU the
+latter is less sensitive to other processes on a shared machine) and the ratios. Then, for each
+impl, torch.profiler over `profile_steps` energy steps splits the self CPU time into convolutions,
+matrix products, elementwise and reduction kernels, and Python / autograd overhead.
 """
-import argparse
 import statistics
 import time
 
 import torch
 
+from configurator import configure, config_block, require
+from kernels import IMPLS
 from losses import denoiser_score_matching, dual_score_matching
 from model import Denoiser, EnergyUNet, UNetConfig, count_parameters
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--device", default="cpu")
-parser.add_argument("--batch", type=int, default=16)               # images per step
-parser.add_argument("--size", type=int, default=32)                # image height = width
-parser.add_argument("--channels", type=int, default=1)
-parser.add_argument("--base_width", type=int, default=16)
-parser.add_argument("--num_scales", type=int, default=2)
-parser.add_argument("--kernel_impl", default="auto")
-parser.add_argument("--reps", type=int, default=10)                # timed steps of each kind
-parser.add_argument("--warmup", type=int, default=2)
-args = parser.parse_args()
+# ---- config: override with --key=value ------------------------------------------------------------
+device = "cpu"                  # cpu, cuda, cuda:1
+batch = 16                      # images per step
+size = 32                       # image height = width
+channels = 1                    # image channels
+base_width = 16                 # UNet width at the finest scale
+num_scales = 2                  # UNet scales
+impls = "reference,auto"        # kernel_impl values compared in one interleaved run (comma-separated)
+channels_last = False           # model and data in channels_last memory format
+reps = 10                       # timed steps of each (impl, step) pair
+warmup = 2                      # untimed steps of each first
+profile_steps = 3               # energy steps under torch.profiler per impl for the breakdown; 0 skips it
+threads = 0                     # torch CPU threads; 0 keeps torch's default (OMP_NUM_THREADS)
+# -----------------------------------------------------------------------------------------------------
+globals().update(configure(config_block(globals()), doc=__doc__))
+impl_list = [s.strip() for s in impls.split(",") if s.strip()]
+require(impl_list and all(i in IMPLS for i in impl_list), f"--impls={impls}: each must be one of {IMPLS}")
+require(reps >= 1 and warmup >= 0 and profile_steps >= 0, "need reps >= 1, warmup >= 0, profile_steps >= 0")
+require(size % 2 ** num_scales == 0, f"--size={size} must be divisible by 2^num_scales = {2 ** num_scales}")
+try:
+    dev = torch.device(device)
+except RuntimeError:
+    require(False, f"--device={device} is not a device; use cpu, cuda or cuda:N")
+require(dev.type != "cuda" or torch.cuda.is_available(), f"--device={device} but CUDA is not available; use --device=cpu")
+if dev.type == "cuda":
+    torch.cuda.set_device(dev)
+if threads:
+    torch.set_num_threads(threads)
+fmt = torch.channels_last if channels_last else torch.contiguous_format
 
 torch.manual_seed(0)
-device = torch.device(args.device)
-cfg = UNetConfig(channels=args.channels, base_width=args.base_width, num_scales=args.num_scales,
-                 kernel_impl=args.kernel_impl)
-x = torch.rand(args.batch, args.channels, args.size, args.size, device=device)
-energy, denoiser = EnergyUNet(cfg).to(device), Denoiser(cfg).to(device)
+x = torch.rand(batch, channels, size, size, device=dev).contiguous(memory_format=fmt)
 
 
-def make_step(model, loss_fn):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+def make_steps(impl):
+    cfg = UNetConfig(channels=channels, base_width=base_width, num_scales=num_scales, kernel_impl=impl)
+    torch.manual_seed(0)
+    energy = EnergyUNet(cfg).to(dev, memory_format=fmt)
+    torch.manual_seed(0)
+    denoiser = Denoiser(cfg).to(dev, memory_format=fmt)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x)["loss"].mean().backward()
-        opt.step()
-    return step
+    def step_of(model, loss_fn):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss_fn(x)["loss"].mean().backward()
+            opt.step()
+        return step
+    return {"energy": step_of(energy, lambda x: dual_score_matching(energy, x)),
+            "denoiser": step_of(denoiser, lambda x: denoiser_score_matching(denoiser.f, x))}, count_parameters(energy)
 
 
-steps = {
-    "dual score matching (energy)": make_step(energy, lambda x: dual_score_matching(energy, x)),
-    "plain denoiser": make_step(denoiser, lambda x: denoiser_score_matching(denoiser.f, x)),
-}
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def timed(fn):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    """(wall ms, CPU ms of this thread) of one call."""
+    sync()
+    w0, c0 = time.perf_counter(), time.thread_time()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - t0)
+    sync()
+    return 1e3 * (time.perf_counter() - w0), 1e3 * (time.thread_time() - c0)
 
 
-for _ in range(args.warmup):
+CATEGORIES = ("convolution", "matmul", "elementwise + reductions", "python / autograd / optimizer")
+
+
+def category(name):
+    if not name.startswith("aten::"):
+        return CATEGORIES[3]
+    if "conv" in name:
+        return CATEGORIES[0]
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+        return CATEGORIES[1]
+    return CATEGORIES[2]
+
+
+def breakdown(step, n):
+    """Shares of self CPU time by category, and the top aten ops, over n steps."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = {c: 0.0 for c in CATEGORIES}
+    for e in events:
+        shares[category(e.key)] += e.self_cpu_time_total / total
+    top = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)[:8]
+    return shares, [(e.key, e.self_cpu_time_total / total, e.count / n) for e in top]
+
+
+steps, n_params = {}, 0
+for impl in impl_list:
+    pair, n_params = make_steps(impl)
+    for kind, fn in pair.items():
+        steps[(impl, kind)] = fn
+for _ in range(warmup):
     for fn in steps.values():
         fn()
-times = {name: [] for name in steps}
-for _ in range(args.reps):
-    for name, fn in steps.items():
-        times[name].append(timed(fn))
+times = {key: [] for key in steps}
+for _ in range(reps):
+    for key, fn in steps.items():
+        times[key].append(timed(fn))
 
-print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
-      f"image {args.channels}x{args.size}x{args.size}, base_width {args.base_width}, num_scales {args.num_scales}, "
-      f"{count_parameters(energy):,} parameters, kernel_impl {args.kernel_impl}")
-print(f"{'step':<32}{'median ms':>12}{'min ms':>10}{'images/s':>10}")
+print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {batch}, image "
+      f"{channels}x{size}x{size}, base_width {base_width}, num_scales {num_scales}, {n_params:,} parameters, "
+      f"channels_last {channels_last}, {reps} interleaved reps")
+print(f"{'impl':<11}{'step':<10}{'wall ms':>10}{'cpu ms':>10}{'images/s':>10}")
 med = {}
-for name, ts in times.items():
-    med[name] = statistics.median(ts)
-    print(f"{name:<32}{med[name]:>12.1f}{min(ts):>10.1f}{1e3 * args.batch / med[name]:>10.1f}")
-names = list(steps)
-best = {name: min(ts) for name, ts in times.items()}
-print(f"ratio energy / denoiser: {med[names[0]] / med[names[1]]:.2f}x median, "
-      f"{best[names[0]] / best[names[1]]:.2f}x min (paper, H100: 3.7x)")
+for (impl, kind), ts in times.items():
+    med[(impl, kind)] = (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+    wall, cpu = med[(impl, kind)]
+    print(f"{impl:<11}{kind:<10}{wall:>10.1f}{cpu:>10.1f}{1e3 * batch / wall:>10.1f}")
+print("energy / denoiser (paper, H100: 3.7x):  "
+      + ",  ".join(f"{impl} {med[(impl, 'energy')][0] / med[(impl, 'denoiser')][0]:.2f}x wall "
+                   f"{med[(impl, 'energy')][1] / med[(impl, 'denoiser')][1]:.2f}x cpu" for impl in impl_list))
+base = impl_list[0]
+for impl in impl_list[1:]:
+    print(f"{impl} / {base}:  " + ",  ".join(
+        f"{kind} {med[(impl, kind)][0] / med[(base, kind)][0]:.2f}x wall {med[(impl, kind)][1] / med[(base, kind)][1]:.2f}x cpu"
+        for kind in ("energy", "denoiser")))
+if profile_steps:
+    for impl in impl_list:
+        shares, top = breakdown(steps[(impl, "energy")], profile_steps)
+        print(f"\nenergy step, {impl}: self CPU time by kind (torch.profiler, {profile_steps} steps)")
+        print("  " + ",  ".join(f"{c} {s:.0%}" for c, s in shares.items()))
+        print("  top ops: " + ",  ".join(f"{name[6:]} {s:.0%} ({calls:.0f}/step)" for name, s, calls in top))

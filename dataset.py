@@ -27,9 +27,23 @@ def load_split(data_dir, split):
     return x, x.dtype == np.uint8
 
 
+def check_finite(images, path, batch_size=4096):
+    """ValueError naming path and the first image with a NaN or infinite pixel; read chunk by chunk.
+    uint8 images are always finite: nothing is read."""
+    if images.dtype == np.uint8:
+        return
+    for i in range(0, len(images), batch_size):
+        bad = ~np.isfinite(np.asarray(images[i:i + batch_size])).reshape(len(images[i:i + batch_size]), -1).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{path}: image {i + int(bad.argmax())} (0-based) has non-finite pixels (NaN or inf); "
+                             f"remove it or prepare the data again")
+
+
 def to_tensor(batch, device="cpu"):
-    """(B, H, W, C) uint8 or float32 numpy -> (B, C, H, W) float32 tensor; uint8 is divided by 255."""
-    x = torch.from_numpy(np.array(batch, copy=True)).to(device)      # a writable copy of the (memmap) slice
+    """(B, H, W, C) uint8 or float32 numpy -> (B, C, H, W) float32 tensor; uint8 is divided by 255.
+    To a GPU through pinned memory without blocking the host (the copy is ordered on the stream)."""
+    x = torch.from_numpy(np.array(batch, copy=True))                   # a writable copy of the (memmap) slice
+    x = x.pin_memory().to(device, non_blocking=True) if str(device).startswith("cuda") else x.to(device)
     x = x.permute(0, 3, 1, 2).float()                                  # (B, C, H, W)
     return x / 255.0 if batch.dtype == np.uint8 else x
 

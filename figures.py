@@ -7,6 +7,7 @@
     python figures.py fig2 --ckpt_a=out/first1000/ckpt.pt --ckpt_b=out/last1000/ckpt.pt \
                            --data_dir=data/imagenet64 --n_train=1000             # strong generalization
     python figures.py fig3 --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --max_images=2000 --device=cpu
+    python figures.py probes --ckpt=out/ckpt.pt --data_dir=data/patches          # NLL along paths off the data
 
 Each writes OUT/figN.png, OUT/figN.pdf and OUT/figN.json (the numbers behind the figure); OUT is
 the checkpoint's folder unless --out=DIR. log p is in dB/dim: 10 log10 p(x) / d (docs/method.md §5), with the
@@ -14,7 +15,6 @@ constant c of each model from the validation split (--const_images images, --n_d
 For Fig. 2, `subsets` writes DIR_first{N}/ and DIR_last{N}/ (the first and last N training images,
 val.npy linked), to train one model on each with `python train.py --data_dir=DIR_first{N} ...`.
 """
-import json
 import os
 import sys
 
@@ -24,11 +24,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from configurator import configure, fail
+from configurator import configure, fail, require
 from dataset import load_split
-from eval import (DB_PER_NAT, batches, energies, estimate_log_norm_const, gaussian_entropy, load_images,
-                  logp_and_deff, pick_device)
-from model import load_model
+from eval import (DB_PER_NAT, PROBES, SPLIT, WEIGHTS, batches, check_config, energies, estimate_log_norm_const,
+                  gaussian_entropy, load_images, load_weights, logp_and_deff, pick_device, positive, probes, progress,
+                  write_json)
 
 
 # ----------------------------------------------------------------------------- analysis tools
@@ -91,8 +91,7 @@ def save(fig, numbers, out, name):
     for ext in ("png", "pdf"):
         fig.savefig(os.path.join(out, f"{name}.{ext}"), dpi=150, bbox_inches="tight")
     plt.close(fig)
-    with open(os.path.join(out, f"{name}.json"), "w") as f:
-        json.dump(numbers, f, indent=1)
+    write_json(os.path.join(out, f"{name}.json"), numbers)
     print(f"wrote {out}/{name}.png, .pdf, .json")
 
 
@@ -110,11 +109,38 @@ def as_float(images):
 
 
 # ----------------------------------------------------------------------------- figures
+def fig_probes(model, c, images, quantized, out, batch_size=256, device="cpu", seed=0):
+    """-log p along the probes of eval.probes (shift, contrast, white noise, a random direction) at t = 0 and
+    t_max, for the model and, if it has one, its Gaussian term alone (docs/normalization.md)."""
+    x = torch.from_numpy(as_float(np.asarray(images))).permute(0, 3, 1, 2).to(device)     # (B, C, H, W)
+    g = torch.Generator(device).manual_seed(seed)
+    numbers = dict(n_images=len(x), log_norm_const=c, model=probes(model, x, c, quantized, generator=g))
+    if getattr(model, "gaussian", None) is not None:
+        g = torch.Generator(device).manual_seed(seed)                                   # the same draws
+        numbers["gaussian"] = probes(model.gaussian, x, model.gaussian.log_z(), quantized, generator=g)
+    fig, axes = plt.subplots(1, len(PROBES), figsize=(4 * len(PROBES), 3.4))
+    for ax, name in zip(axes, PROBES):
+        for who, style in (("model", "-"), ("gaussian", ":")):
+            if who not in numbers:
+                continue
+            r = numbers[who][name]
+            for key, colour in zip([k for k in r if k.startswith("t=")], ("C0", "C3")):
+                ax.plot(r["amounts"], r[key], style, color=colour, marker="o", ms=3, label=f"{who}, {key}")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_title(name)
+        ax.set_xlabel({"contrast": "a"}.get(name, "b"))
+    axes[0].set_ylabel("-log p, bits/dim")
+    axes[0].legend(fontsize=7)
+    save(fig, numbers, out, "probes")
+    return numbers
+
+
 def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256, device="cpu"):
     """Strong generalization: log p_A(x) against log p_B(x) over both training sets (dB/dim);
     set_a, set_b: (the first images of) the n_train training images of each model."""
-    both = np.concatenate([np.asarray(set_a), np.asarray(set_b)])
-    la, lb = logp_db(model_a, both, c_a, batch_size, device), logp_db(model_b, both, c_b, batch_size, device)
+    la, lb = (np.concatenate([logp_db(m, s, c, batch_size, device) for s in (set_a, set_b)])    # streamed
+              for m, c in ((model_a, c_a), (model_b, c_b)))
     diff = la - lb
     numbers = dict(n_train=n_train, n_a=len(set_a), n_b=len(set_b), logp_a=la.tolist(), logp_b=lb.tolist(),
                    mean_abs_diff_db=float(np.abs(diff).mean()), rms_diff_db=float(np.sqrt((diff ** 2).mean())),
@@ -132,6 +158,61 @@ def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256,
                  f"RMS {numbers['rms_diff_db']:.2f} dB/dim", fontsize=9)
     ax.legend(fontsize=8)
     save(fig, numbers, out, "fig2")
+    return numbers
+
+
+FIG2_CURVES = [     # (panel title, y label, [(key, label)]): the quantities of toy/strong_gen.py against N
+    ("A/B disagreement", "dB/dim", [("rms_heldout", "RMS A - B, held-out"), ("mean_abs_heldout", "mean |A - B|, held-out"),
+                                    ("rms_train", "RMS A - B, training sets")]),
+    ("memorization", "dB/dim", [("own_vs_heldout", "own set - held-out"), ("own_vs_other", "own model - other model")]),
+    ("held-out NLL - exact entropy", "bits/dim", [("gap_a", "model A"), ("gap_b", "model B")]),
+]
+
+
+def fig2_panels(panels, out, entropy_bpd=None, name="fig2"):
+    """Fig. 2's layout for several N: top, one scatter of log p_A against log p_B (dB/dim) per N over
+    both training sets (held-out fields in gray); bottom, one curve per quantity against N.
+
+    panels: one dict per N with n_train, logp_a and logp_b (both models on set A then set B), n_a (how
+    many of them are set A), heldout_a and heldout_b (both on held-out), and the keys of FIG2_CURVES
+    (those missing are left out, e.g. the entropy gap on data without an exact entropy)."""
+    panels = sorted(panels, key=lambda p: p["n_train"])
+    fig = plt.figure(figsize=(3.2 * max(3, len(panels)), 7.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
+    for ax, p in zip(np.atleast_1d(top.subplots(1, len(panels))), panels):
+        la, lb, n = np.asarray(p["logp_a"]), np.asarray(p["logp_b"]), p["n_a"]
+        ax.scatter(p["heldout_a"], p["heldout_b"], s=3, c="0.75", label="held-out", rasterized=True)
+        ax.scatter(la[:n], lb[:n], s=8, alpha=0.7, label="training set A", rasterized=True)
+        ax.scatter(la[n:], lb[n:], s=8, alpha=0.7, label="training set B", rasterized=True)
+        every = np.concatenate([la, lb, p["heldout_a"], p["heldout_b"]])
+        lim = [every.min(), every.max()]
+        ax.plot(lim, lim, "k--", lw=0.7)
+        ax.set_title(f"N = {p['n_train']}", fontsize=10)
+        ax.set_xlabel("log p_A(x) (dB/dim)")
+    top.axes[0].set_ylabel("log p_B(x) (dB/dim)")
+    top.axes[0].legend(fontsize=7, loc="upper left")
+    ns = [p["n_train"] for p in panels]
+    for ax, (title, unit, keys) in zip(bottom.subplots(1, len(FIG2_CURVES)), FIG2_CURVES):
+        for key, label in keys:
+            if all(key in p for p in panels):
+                ax.plot(ns, [p[key] for p in panels], "o-", label=label)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [f"{n:g}" for n in ns])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if unit == "dB/dim":
+            ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_xlabel("N (training fields of each model)")
+        ax.set_ylabel(unit)
+        ax.set_title(title + (f" ({entropy_bpd:.3f})" if unit == "bits/dim" and entropy_bpd is not None else ""),
+                     fontsize=10)
+        ax.legend(fontsize=7)
+    curve_keys = [k for _, _, keys in FIG2_CURVES for k, _ in keys]
+    numbers = dict(entropy_bpd=entropy_bpd, panels=[
+        {**{k: p[k] for k in ("n_train", "n_a") + tuple(curve_keys) if k in p},
+         **{k: np.round(np.asarray(p[k], dtype=np.float64), 4).tolist() for k in ("logp_a", "logp_b", "heldout_a", "heldout_b")}}
+        for p in panels])
+    save(fig, numbers, out, name)
     return numbers
 
 
@@ -224,7 +305,7 @@ def fig5(energy_fn, c, images, out, n_chosen=4, n_t=31, n_draws=1, batch_size=25
     ts = np.logspace(-12, 3, n_t)
     gen = torch.Generator(device).manual_seed(seed)
     logp_t, deff_t = [], []                                                        # (n_t, N) each
-    for t in ts:
+    for t in progress(ts, len(ts), "fig5 noise levels", "level"):
         lps, dfs = [], []
         for x in batches(images, batch_size, device):
             l, df = logp_and_deff(energy_fn, x, float(t), c, n_draws, gen)
@@ -266,7 +347,11 @@ def subsets(data_dir, n_train, out_prefix=""):
     folders = []
     for name, part in ((f"{prefix}_first{n_train}", train[:n_train]), (f"{prefix}_last{n_train}", train[len(train) - n_train:])):
         os.makedirs(name, exist_ok=True)
-        np.save(os.path.join(name, "train.npy"), np.asarray(part))
+        copy = np.lib.format.open_memmap(os.path.join(name, "train.npy"), mode="w+", dtype=part.dtype, shape=part.shape)
+        for i in range(0, len(part), 4096):                              # chunk by chunk: memory stays bounded
+            copy[i:i + 4096] = part[i:i + 4096]
+        copy.flush()
+        del copy
         val = os.path.join(name, "val.npy")
         if os.path.lexists(val):
             os.remove(val)
@@ -284,8 +369,9 @@ COMMON = dict(
     const_images=2048,           # validation images for each model's constant c
     n_draws=1,                   # noise draws per image (constant; Fig. 5)
     t_max=1e3,                   # noise variance of the constant
+    weights="auto",              # "ema": the EMA of the weights, "model": the raw ones, "auto": EMA if saved
     batch_size=256,              # images per forward pass
-    device="auto",               # "auto" = cuda if available, else cpu
+    device="auto",               # "auto" = cuda if available, else cpu; cpu, cuda, cuda:N
     seed=0,                      # seed of the noise draws
     out="",                      # output folder; "" = the (first) checkpoint's folder
 )
@@ -310,6 +396,9 @@ COMMANDS = dict(
         n_chosen=4,        # images drawn one by one (least to most probable)
         n_t=31,            # noise levels from 1e-12 to 1e3
         **COMMON),
+    probes=dict(
+        ckpt="",           # energy checkpoint written by train.py
+        **{**COMMON, "max_images": 64}),   # images moved along each probe
     subsets=dict(
         data_dir="",       # dataset folder whose training split is cut in two
         n_train=1000,      # images in each of the two disjoint sets
@@ -319,8 +408,11 @@ COMMANDS = dict(
 
 def load_energy(path, cfg, device):
     """(model, checkpoint, c) with c from the first const_images validation images."""
-    model, ckpt = load_model(path, device, kind="energy")
-    val, _ = load_images(cfg["data_dir"], "val", cfg["const_images"], ckpt, path)
+    try:
+        model, ckpt = load_weights(path, device, "energy", cfg["weights"])
+        val, _ = load_images(cfg["data_dir"], "val", cfg["const_images"], ckpt, path)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     c, c_se = estimate_log_norm_const(model, val, cfg["t_max"], cfg["n_draws"], cfg["batch_size"], device,
                                       torch.Generator(device).manual_seed(cfg["seed"]))
     print(f"{path}: c = {c:.2f} +- {c_se:.2f} nats from {len(val)} validation images")
@@ -330,6 +422,7 @@ def load_energy(path, cfg, device):
 FIGURE_DOCS = dict(fig2="strong generalization, log p of two models trained on disjoint sets",
                    fig3="histogram of log p with a Gumbel fit", fig4="log p against contrast, offset and Haar sparsity",
                    fig5="log p and d_eff against the noise variance t",
+                   probes="-log p along shift, contrast, noise and a random direction, at t = 0 and t_max",
                    subsets="two disjoint training sets (the first and last n_train images) for fig2")
 
 
@@ -341,28 +434,43 @@ def main(argv):
         fail(f"usage: python figures.py {{{','.join(COMMANDS)}}} --key=value ...; the first argument must be a "
              f"command, got {argv[0] if argv else 'nothing'!r}")
     name = argv[0]
-    cfg = configure(COMMANDS[name], argv[1:], doc=f"python figures.py {name}: {FIGURE_DOCS[name]}", source_file=__file__)
+    cfg = configure(COMMANDS[name], argv[1:], doc=f"python figures.py {name}: {FIGURE_DOCS[name]}", source_file=__file__,
+                    annotations=dict(split=SPLIT, weights=WEIGHTS))
+    require(cfg["data_dir"], f"{name} needs --data_dir=DIR (a folder with train.npy and val.npy)")
+    check_config(cfg, positive(cfg, *[k for k in ("n_train", "n_shown", "n_curves", "n_grid", "haar_levels", "n_chosen",
+                                                   "n_t", "const_images", "n_draws", "t_max", "batch_size") if k in cfg]))
     if name == "subsets":
-        return subsets(cfg["data_dir"], cfg["n_train"], cfg["out_prefix"])
+        try:
+            return subsets(cfg["data_dir"], cfg["n_train"], cfg["out_prefix"])
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+    check_config(cfg, [("max_images", cfg["max_images"] == -1 or cfg["max_images"] >= 1, ">= 1, or -1 for all")])
     ckpts = [cfg["ckpt_a"], cfg["ckpt_b"]] if name == "fig2" else [cfg["ckpt"]]
-    if not all(ckpts) or not cfg["data_dir"]:
-        need = "--ckpt_a=PATH --ckpt_b=PATH" if name == "fig2" else "--ckpt=PATH"
-        raise SystemExit(f"figures.py {name} needs {need} (energy checkpoints) and --data_dir=DIR")
+    need = "--ckpt_a=PATH --ckpt_b=PATH" if name == "fig2" else "--ckpt=PATH"
+    require(all(ckpts), f"{name} needs {need} (energy checkpoints written by train.py) and --data_dir=DIR")
     device = pick_device(cfg["device"])
     out = cfg["out"] or os.path.dirname(os.path.abspath(ckpts[0]))
     bs = cfg["batch_size"]
     model, ckpt, c = load_energy(ckpts[0], cfg, device)
+    try:
+        if name == "fig2":
+            model_b, _, c_b = load_energy(ckpts[1], cfg, device)
+            train, _ = load_images(cfg["data_dir"], "train", -1, ckpt, ckpts[0])
+            n = cfg["n_train"]
+            if 2 * n > len(train):
+                raise ValueError(f"--n_train={n}: two disjoint sets need 2 N <= {len(train)} training images of "
+                                 f"{cfg['data_dir']}")
+            k = n if cfg["max_images"] < 0 else min(n, cfg["max_images"])
+        else:
+            images, quantized = load_images(cfg["data_dir"], cfg["split"], cfg["max_images"], ckpt, ckpts[0])
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     if name == "fig2":
-        model_b, _, c_b = load_energy(ckpts[1], cfg, device)
-        train, _ = load_images(cfg["data_dir"], "train", -1, ckpt, ckpts[0])
-        n = cfg["n_train"]
-        if 2 * n > len(train):
-            raise ValueError(f"--n_train={n}: two disjoint sets need 2 N <= {len(train)} training images of {cfg['data_dir']}")
-        k = n if cfg["max_images"] < 0 else min(n, cfg["max_images"])
         return fig2(model, c, model_b, c_b, train[:k], train[len(train) - n:len(train) - n + k], n, out, bs, device)
-    images, quantized = load_images(cfg["data_dir"], cfg["split"], cfg["max_images"], ckpt, ckpts[0])
     if name == "fig3":
         return fig3(model, c, images, quantized, out, cfg["n_shown"], bs, device, cfg["seed"])
+    if name == "probes":
+        return fig_probes(model, c, images, quantized, out, bs, device, cfg["seed"])
     if name == "fig4":
         return fig4(model, c, images, out, cfg["n_curves"], cfg["n_grid"], cfg["haar_levels"], bs, device)
     return fig5(model, c, images, out, cfg["n_chosen"], cfg["n_t"], cfg["n_draws"], bs, device, cfg["seed"])

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import group_norm_silu
+from kernels.conv import conv
 
 
 @dataclass
@@ -108,7 +109,12 @@ class NoiseEmbedding(nn.Module):
 
 
 class ConvNormAct(nn.Module):
-    """Bias-free conv, then group_norm_silu with a learnt per-channel weight and gain 1 + e(t)."""
+    """Bias-free conv, then group_norm_silu with a learnt per-channel weight and gain 1 + e(t).
+
+    Except on the reference path (kernel_impl "reference" / "torch"), the conv goes through
+    kernels.conv, whose double backward is two convolution calls instead of PyTorch's generic one
+    (same weights, same results; kernels/README.md "CPU profile").
+    """
 
     def __init__(self, c_in, c_out, kind, cfg):
         super().__init__()
@@ -123,9 +129,10 @@ class ConvNormAct(nn.Module):
         self.groups = cfg.groups or c_out
         self.preserve_scale = cfg.preserve_scale
         self.impl = cfg.kernel_impl
+        self.fused_conv = cfg.kernel_impl not in ("reference", "torch")
 
     def forward(self, h, emb):
-        h = self.conv(h)
+        h = conv(h, self.conv) if self.fused_conv else self.conv(h)
         gain = 1.0 + self.gain(emb)                                   # (B, c_out)
         return group_norm_silu(h, self.weight, gain, self.groups,
                                preserve_scale=self.preserve_scale, impl=self.impl)
@@ -238,16 +245,22 @@ class StationaryGaussian(nn.Module):
         log_det = torch.log1p(t.view(-1, 1, 1, 1) / self.eig.to(y.dtype)).flatten(1).sum(dim=1)
         return 0.5 * (quad + log_det)
 
-    @torch.no_grad()
+    def apply(self, v, t, power):
+        """(Sigma + t I)^power v for real images v (B, C, H, W) and t a float or (B,): per frequency
+        V diag((e + t)^power) V^H. power 1, -1 and 1/2 give the preconditioner of ais.mala_step, its
+        inverse and its square root (the square root keeps P_{-k} = conj(P_k), so real stays real)."""
+        t = torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(-1, 1, 1, 1)
+        V = torch.view_as_complex(self.basis.to(v.dtype).contiguous())                # (H, W, C, C)
+        v_hat = torch.fft.fft2(v, norm="ortho").permute(0, 2, 3, 1)                   # (B, H, W, C)
+        z = torch.einsum("hwcj,bhwc->bhwj", V.conj(), v_hat) * (self.eig.to(v.dtype) + t) ** power
+        out = torch.einsum("hwcj,bhwj->bhwc", V, z).permute(0, 3, 1, 2)
+        return torch.fft.ifft2(out, norm="ortho").real                                # imaginary part: round-off
+
     def sample(self, n, t, generator=None):
-        """(n, C, H, W) draws of N(m, Sigma + t I): real white noise w, y = m + F^H (P_k + t I)^(1/2) F w."""
+        """(n, C, H, W) draws of N(m, Sigma + t I): m + (Sigma + t I)^(1/2) w with w real white noise."""
         H, W, C = self.eig.shape
         w = torch.randn(n, C, H, W, generator=generator, device=self.eig.device, dtype=self.eig.dtype)
-        w_hat = torch.fft.fft2(w, norm="ortho").permute(0, 2, 3, 1)                   # (n, H, W, C)
-        V = torch.view_as_complex(self.basis.contiguous())
-        z = torch.einsum("hwcj,nhwc->nhwj", V.conj(), w_hat) * (self.eig + t).sqrt()
-        y_hat = torch.einsum("hwcj,nhwj->nhwc", V, z).permute(0, 3, 1, 2)
-        return torch.fft.ifft2(y_hat, norm="ortho").real + self.mean.view(1, -1, 1, 1)   # imaginary part: round-off
+        return self.mean.view(1, -1, 1, 1) + self.apply(w, t, 0.5)
 
 
 class EnergyUNet(nn.Module):

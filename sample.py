@@ -34,53 +34,36 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from configurator import configure
-from dataset import load_split
-from eval import DB_PER_NAT, check_images, estimate_log_norm_const, pick_device, trained_image_shape
-from model import energy_and_scores, load_model
-
-
-class SeededNoise:
-    """One torch.Generator per sample seed (as EDM's StackedRandomGenerator); draws are (B, ...)."""
-
-    def __init__(self, seeds, device):
-        self.device = device
-        self.generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-
-    def randn(self, shape):
-        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])
-
-    def rand(self):
-        return torch.stack([torch.rand((), generator=g, device=self.device) for g in self.generators])
+import ais
+from ais import SeededNoise
+from configurator import configure, fail, require
+from dataset import to_tensor
+from eval import (DB_PER_NAT, WEIGHTS, check_config, estimate_log_norm_const, load_images, load_weights,
+                  pick_device, positive, progress, trained_image_shape, write_json)
+from model import energy_and_scores
 
 
 def reverse_diffusion(energy_fn, noise, shape, t_max=1e3, t_min=1e-4, n_steps=256, mala_steps=0, mala_step=0.05,
-                      prior_mean=0.5):
-    """Samples x (B, *shape) and stats {nfe, acceptance} (module docstring for the scheme)."""
+                      prior_mean=0.5, desc=None):
+    """Samples x (B, *shape) and stats {nfe, acceptance} (module docstring for the scheme; the MALA step is
+    ais.mala_step, the same one the AIS certificate uses); desc: a progress bar of the steps with that label
+    (eval.progress)."""
     t = np.exp(np.linspace(math.log(t_max), math.log(t_min), n_steps + 1))     # t_0 = t_max ... t_N = t_min
 
     def U_and_grad(y, tk):
-        U, grad_y, _ = energy_and_scores(energy_fn, y, torch.full((y.shape[0],), float(tk), device=y.device))
+        U, grad_y, _ = energy_and_scores(energy_fn, y, torch.full((y.shape[0],), float(tk), device=y.device, dtype=y.dtype))
         return U, grad_y
 
     y = prior_mean + math.sqrt(t_max) * noise.randn(shape)                        # (B, *shape)
     U, grad_y = U_and_grad(y, t[0])
     nfe, accepted, proposed = 1, 0.0, 0
-    for k in range(n_steps):
+    for k in progress(range(n_steps), n_steps, desc, "step"):
         dt = t[k] - t[k + 1]
         y = y - dt * grad_y + math.sqrt(dt) * noise.randn(shape)
         U, grad_y = U_and_grad(y, t[k + 1])
         nfe += 1
         for _ in range(mala_steps):
-            h = mala_step * t[k + 1]
-            y_new = y - h * grad_y + math.sqrt(2 * h) * noise.randn(shape)
-            U_new, grad_new = U_and_grad(y_new, t[k + 1])
-            log_q_fwd = -(y_new - y + h * grad_y).flatten(1).pow(2).sum(dim=1) / (4 * h)
-            log_q_bwd = -(y - y_new + h * grad_new).flatten(1).pow(2).sum(dim=1) / (4 * h)
-            log_alpha = (U - U_new) + log_q_bwd - log_q_fwd                     # (B,); c cancels
-            accept = torch.log(noise.rand()) < log_alpha
-            a = accept.view(-1, *[1] * len(shape))
-            y, U, grad_y = torch.where(a, y_new, y), torch.where(accept, U_new, U), torch.where(a, grad_new, grad_y)
+            y, U, grad_y, accept = ais.mala_step(energy_fn, y, U, grad_y, t[k + 1], mala_step * t[k + 1], noise)
             accepted, proposed, nfe = accepted + accept.float().sum().item(), proposed + accept.numel(), nfe + 1
     x = y - t[-1] * grad_y                                                          # x_hat(y_N, t_min)
     return x.detach(), dict(nfe=nfe, acceptance=accepted / proposed if proposed else None)
@@ -112,39 +95,53 @@ def main(argv):
         image_size=0,            # H = W of the samples; 0 = the training images' size
         data_dir="",             # optional: c from this dataset's val split, not from gray images
         const_draws=4,           # noise draws per image for the constant
+        weights="auto",          # "ema": the EMA of the weights, "model": the raw ones, "auto": EMA if saved
         batch_size=64,           # samples per batch and rank
-        device="auto",           # "auto" = cuda if available, else cpu
+        device="auto",           # "auto" = cuda if available, else cpu; cpu, cuda, cuda:N
         out="",                  # output folder; "" = the checkpoint's folder
     )
-    config = configure(config, argv, doc=__doc__, source_file=__file__)
-    if not config["ckpt"]:
-        raise SystemExit("sample.py needs --ckpt=PATH (an energy checkpoint written by train.py)")
+    config = configure(config, argv, doc=__doc__, source_file=__file__, annotations=dict(weights=WEIGHTS))
+    require(config["ckpt"], "needs --ckpt=PATH (an energy checkpoint written by train.py)")
+    check_config(config, positive(config, "num_samples", "n_steps", "t_max", "const_t", "t_min", "mala_step",
+                                  "const_draws", "batch_size") + [
+        ("t_min", config["t_min"] < config["t_max"], f"< --t_max={config['t_max']}"),
+        ("mala_steps", config["mala_steps"] >= 0, ">= 0 (0 = none)"),
+        ("image_size", config["image_size"] >= 0, ">= 1, or 0 for the training images' size"),
+        ("prior_mean", math.isfinite(config["prior_mean"]), "finite")])
     ddp = "RANK" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = pick_device(config["device"])
-    if ddp and device == "cuda":
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
+    device = config["device"]
+    if ddp and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{os.environ['LOCAL_RANK']}"                          # one GPU per process
+    device = pick_device(device)                                             # also the current CUDA device
+    try:
+        model, ckpt = load_weights(config["ckpt"], device, "energy", config["weights"])
+        C = ckpt["model_config"]["channels"]
+        H, W = (config["image_size"],) * 2 if config["image_size"] else image_size_of(ckpt, config["ckpt"])
+        val = None
+        if config["data_dir"]:
+            val, _ = load_images(config["data_dir"], "val", 4096, ckpt, config["ckpt"])
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     if ddp:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    model, ckpt = load_model(config["ckpt"], device, kind="energy")
-    C = ckpt["model_config"]["channels"]
-    size = config["image_size"] or image_size_of(ckpt, config["ckpt"])
-    shape = (C, size, size)
+    shape = (C, H, W)
     d = math.prod(shape)
 
     seeds = list(range(config["seed"], config["seed"] + config["num_samples"]))
     mine, xs, stats = seeds[rank::world], [], []
+    n_batches = math.ceil(len(mine) / config["batch_size"])
     for i in range(0, len(mine), config["batch_size"]):
         batch = mine[i:i + config["batch_size"]]
         x, s = reverse_diffusion(model, SeededNoise(batch, device), shape, config["t_max"], config["t_min"],
-                                 config["n_steps"], config["mala_steps"], config["mala_step"], config["prior_mean"])
+                                 config["n_steps"], config["mala_steps"], config["mala_step"], config["prior_mean"],
+                                 desc=f"batch {i // config['batch_size'] + 1}/{n_batches}")
         xs.append(x.cpu())
         stats.append(s | {"n": len(batch)})
     x = torch.cat(xs) if xs else torch.zeros(0, *shape)
-    if ddp:
-        parts = [None] * world
-        dist.all_gather_object(parts, (mine, x, stats))
+    if ddp:                                                                  # rank 0 alone receives the samples
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object((mine, x, stats), parts, dst=0)
         dist.destroy_process_group()
     else:
         parts = [(mine, x, stats)]
@@ -156,47 +153,82 @@ def main(argv):
     accept = [s["acceptance"] * s["n"] for s in stats if s["acceptance"] is not None]
 
     images = x.permute(0, 2, 3, 1).numpy()                                            # (n, H, W, C)
-    if config["data_dir"]:
-        val, _ = load_split(config["data_dir"], "val")
-        check_images(val, os.path.join(config["data_dir"], "val.npy"), ckpt, config["ckpt"])
-        const_images, const_from = val[:4096], f"{min(len(val), 4096)} images of {config['data_dir']}/val.npy"
+    if val is not None:
+        const_images, const_from = val, f"{len(val)} images of {config['data_dir']}/val.npy"
     else:
-        const_images = np.full((256, size, size, C), config["prior_mean"], dtype=np.float32)
+        const_images = np.full((256, H, W, C), config["prior_mean"], dtype=np.float32)
         const_from = f"256 constant images at prior_mean={config['prior_mean']}"
     gen = torch.Generator(device).manual_seed(config["seed"])
     c, c_se = estimate_log_norm_const(model, const_images, config["const_t"], config["const_draws"],
                                       config["batch_size"], device, gen)
     with torch.no_grad():
-        U0 = torch.cat([model(xb.to(device), torch.zeros(xb.shape[0], device=device)).double().cpu()
+        U0 = torch.cat([model(xb.to(device), torch.zeros(xb.shape[0], device=device, dtype=xb.dtype)).double().cpu()
                         for xb in x.split(config["batch_size"])])
     logp = -(U0 + c)                                                                 # nats
     result = dict(n=len(x), seeds=seeds, n_steps=config["n_steps"], mala_steps=config["mala_steps"],
                   nfe_per_sample=stats[0]["nfe"] + 1, acceptance=sum(accept) / len(x) if accept else None,
                   log_norm_const=c, log_norm_const_stderr=c_se, log_norm_const_from=const_from,
                   mean_logp_nats=float(logp.mean()), mean_logp_db_per_dim=float(DB_PER_NAT * logp.mean() / d),
-                  mean_nll_bpd=float(-logp.mean() / (d * math.log(2))), logp_nats=logp.tolist(), config=config)
+                  mean_nll_bpd=float(-logp.mean() / (d * math.log(2))), logp_nats=logp.tolist(),
+                  weights=ckpt["weights"], config=config)
+    if config["data_dir"]:
+        result["check"] = sample_check(model, x, const_images, c, config["data_dir"], config["batch_size"], device)
     out = config["out"] or os.path.dirname(os.path.abspath(config["ckpt"]))
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "samples.npy"), images)
-    png = grid(images.clip(0, 1), cols=math.ceil(math.sqrt(len(images))))
+    png = grid(np.nan_to_num(images, nan=0.0).clip(0, 1), cols=math.ceil(math.sqrt(len(images))))
     plt.imsave(os.path.join(out, "samples.png"), png[..., 0] if C == 1 else png, cmap="gray", vmin=0, vmax=1)
-    with open(os.path.join(out, "samples.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(os.path.join(out, "samples.json"), result)
     acc = f", MALA acceptance {result['acceptance']:.3f}" if accept else ""
-    print(f"{len(x)} samples {C}x{size}x{size}, {result['nfe_per_sample']} network evaluations each{acc}")
+    print(f"{len(x)} samples {C}x{H}x{W}, {result['nfe_per_sample']} network evaluations each{acc}")
     print(f"mean log p = {result['mean_logp_db_per_dim']:.3f} dB/dim ({result['mean_nll_bpd']:.4f} bits/dim "
           f"without the +8 offset), c = {c:.2f} +- {c_se:.2f} nats from {const_from}")
+    if "check" in result:
+        k = result["check"]
+        print(f"sample check: log p of samples {k['samples_logp_db_per_dim']:.3f} vs validation images "
+              f"{k['val_logp_db_per_dim']:.3f} dB/dim; pixel mean {k['samples_pixel_mean']:.3f} vs {k['val_pixel_mean']:.3f}, "
+              f"std {k['samples_pixel_std']:.3f} vs {k['val_pixel_std']:.3f}"
+              + (f"; exact NLL of the samples {k['samples_exact_nll_bpd']:.4f} bits/dim (entropy "
+                 f"{k['exact_entropy_bpd']:.4f})" if "samples_exact_nll_bpd" in k else ""))
     print(f"wrote {out}/samples.png, samples.npy, samples.json")
     return result
 
 
+def sample_check(model, x, val, c, data_dir, batch_size=64, device="cpu"):
+    """The model's log p of its own samples x (n, C, H, W) against that of validation images val (same c), pixel
+    statistics of both and, on a Gaussian random field (data_dir/meta.json of data/grf/prepare.py), the samples'
+    exact NLL beside the field's entropy (docs/normalization.md): a model that rates its samples far above the
+    data, or whose samples the truth rates far below it, has mass where the data is not."""
+    d = x[0].numel()
+    val_x = to_tensor(np.asarray(val[:max(len(x), 256)]), "cpu")
+    zero = lambda n: torch.zeros(n, device=device)
+    with torch.no_grad():
+        U_s = torch.cat([model(b.to(device), zero(len(b))).double().cpu() for b in x.split(batch_size)])
+        U_v = torch.cat([model(b.to(device), zero(len(b))).double().cpu() for b in val_x.split(batch_size)])
+    to_db = DB_PER_NAT / d
+    out = dict(samples_logp_db_per_dim=float(-(U_s + c).mean() * to_db), val_logp_db_per_dim=float(-(U_v + c).mean() * to_db),
+               n_val=len(val_x), samples_pixel_mean=float(x.mean()), samples_pixel_std=float(x.std()),
+               val_pixel_mean=float(val_x.mean()), val_pixel_std=float(val_x.std()))
+    meta_path = os.path.join(data_dir, "meta.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        if "alpha" in meta and not meta.get("warp"):
+            from data.grf.prepare import grf_eigenvalues, grf_energy
+            lam = grf_eigenvalues(meta["size"], meta["alpha"], meta["k0"], meta["amplitude"])
+            nll = grf_energy(x.double(), 0.0, lam, meta["mean"]) / (d * math.log(2))
+            out.update(samples_exact_nll_bpd=float(nll.mean()), samples_exact_nll_bpd_se=float(nll.std() / math.sqrt(len(nll))),
+                       exact_entropy_bpd=meta["entropy_bits_per_dim"])
+    return out
+
+
 def image_size_of(ckpt, path):
-    """The training images' size H (= W), from the checkpoint (eval.trained_image_shape)."""
+    """(H, W) of the training images, from the checkpoint (eval.trained_image_shape)."""
     shape = trained_image_shape(ckpt)
     if shape is None:
-        raise SystemExit(f"the image size is neither in checkpoint {path} nor readable from its dataset "
+        raise ValueError(f"the image size is neither in checkpoint {path} nor readable from its dataset "
                          f"{(ckpt.get('config') or {}).get('data_dir', '')!r}; pass --image_size=H")
-    return shape[0]
+    return shape[0], shape[1]
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import config_block, configure, require
-from dataset import covariance_spectrum, load_split, stationary_spectrum, to_tensor
-from eval import log_norm_const, nll_bits_per_dim, noisy_energies
+from backends import full_precision, setup_device
+from configurator import config_block, configure, fail, require
+from dataset import check_finite, covariance_spectrum, load_split, stationary_spectrum, to_tensor
+from eval import json_safe, log_norm_const, nll_bits_per_dim, noisy_energies, score_matching_terms
 from losses import denoiser_score_matching, dual_score_matching
 from model import UNetConfig, build_model, count_parameters
 
@@ -60,11 +61,13 @@ grad_dump = ""                    # tests: file to save the first step's average
 preset = ""                       # a named config of PRESETS applied before the other overrides
 spectrum_images = 50_000          # training images whose statistics give data_var and the spectrum (see below)
 spectrum_floor = 1e-4             # gaussian_term: floor of the spectrum, a fraction of the pixel variance (dataset.py)
+tf32 = False                      # TF32 matrix products and convolutions on CUDA (faster, ~1e-3 relative error); False = fp32 (the paper)
+deterministic = False             # deterministic cuDNN / cuBLAS algorithms: bit-exact GPU resume, slower (docs/training.md)
 # model: the fields of model.UNetConfig but channels, data_spectrum and image_size (measured on the data).
-# Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md):
+# Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md, §9):
 # U = U_G + B d tanh(r / (B d)), U_G the stationary Gaussian fitted to the training set, B = energy_bound
 # nats/dim, r = 0.5 <y - m, f> / (s^2 + t), the last conv zeroed so training starts from U_G, and log-t
-# noise conditioning. Two other settings:
+# noise conditioning. Two other settings of the same keys:
 #   the previous default:  --gaussian_term=False --energy_bound=None --zero_init_out=False --analytic_term=True
 #   the paper's model:     --gaussian_term=False --energy_bound=None --zero_init_out=False --scale_energy=False --t_embedding=paper
 base_width = 64                   # channels at the finest scale; doubles at each coarser scale
@@ -74,16 +77,17 @@ groups: int | None = None         # groups of every norm layer; None = one per c
 preserve_scale = True             # scale-preserving GroupNorm (docs/method.md §2.2); False = plain GroupNorm
 emb_dim = 256                     # width of the noise-conditioning MLP
 num_freqs = 32                    # sinusoidal frequencies of the t embedding
-kernel_impl: Literal["auto", "torch", "triton"] = "auto"   # group_norm_silu path (kernels/)
+kernel_impl: Literal["auto", "derived", "triton", "reference", "torch"] = "auto"   # group_norm_silu path: auto = triton on CUDA, derived on CPU; reference (alias torch) = autograd (kernels/)
 t_embedding: Literal["paper", "log"] = "log"   # "paper": sinusoids of t; "log": of log(t + t_floor)
 t_floor = 1e-6                    # "log" only: the embedding is flat for t << t_floor (variance units)
-data_var: float | None = None     # s^2, per-pixel data variance; None = measured on the training set (or read
-                                  # from the checkpoint on resume); a value also makes analytic_term isotropic
-analytic_term = False             # U += the log-det of the data's full-covariance Gaussian (the previous default)
-scale_energy = True               # the network term is 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
-gaussian_term = True              # U += U_G(y, t), the stationary Gaussian fitted to the data; False = the paper
-energy_bound: float | None = 1.0  # B, nats/dim: the network term becomes B d tanh(r / (B d)); None = unbounded
-zero_init_out = True              # zero the last conv: training starts from U_G; False = PyTorch init (the paper)
+data_var: float | None = None     # s^2, the per-pixel data variance; None = measured on the training set (a value: isotropic analytic term)
+# (data_var = None: it and the spectrum are measured on spectrum_images training images, or read from the
+# checkpoint on resume; --data_var=VALUE makes analytic_term isotropic, (d/2) log(1 + t / data_var))
+analytic_term = False             # U += the log-det of the data's Gaussian (docs/method.md §2; the previous default)
+scale_energy = True               # r = 0.5 <y, f> / (data_var + t); False = 0.5 <y, f> (the paper)
+gaussian_term = True              # U = U_G + R: the stationary Gaussian fitted to the data, exact normalizer (docs/normalization.md)
+energy_bound: float | None = 1.0  # B, nats/dim: R = B d tanh(r / (B d)), so Z(t) is within e^(+-B d) of Z_G; None = unbounded
+zero_init_out = True              # zero the last conv: training starts from U_G
 
 PRESETS = {
     "cpu": dict(                  # ~10 min on one CPU core: grayscale 32x32 patches of photographs
@@ -102,56 +106,84 @@ t_start = time.time()
 
 # ----------------------------------------------------------------------------- data and checks
 try:
-    if kind not in ("energy", "denoiser"):
-        raise ValueError(f"--kind must be 'energy' or 'denoiser', got {kind!r}")
+    for key, ok, need in (("lr", lr > 0, "> 0"), ("beta1", 0 <= beta1 < 1, "in [0, 1)"), ("beta2", 0 <= beta2 < 1, "in [0, 1)"),
+                          ("time_weight", time_weight >= 0, ">= 0"), ("eval_t_max", eval_t_max > 0, "> 0 (a noise variance)"),
+                          ("ema_halflife_images", ema_halflife_images >= 0, ">= 0 (0 = no EMA)"),
+                          ("data_var", data_var is None or data_var > 0, "> 0 or None (measured)"),
+                          ("spectrum_floor", spectrum_floor > 0, "> 0 (a fraction of the pixel variance)"),
+                          ("energy_bound", energy_bound is None or energy_bound > 0, "> 0 or None (unbounded)")):
+        if not (ok and math.isfinite(config[key] if config[key] is not None else 0.0)):
+            raise ValueError(f"--{key}={config[key]}: must be {need}")
+    for key in ("max_steps", "batch_size", "grad_accum", "lr_halve_every", "log_interval", "eval_interval",
+                "ckpt_interval", "eval_images", "spectrum_images"):
+        if config[key] < 1:
+            raise ValueError(f"--{key}={config[key]}: must be >= 1")
     train_data, quantized = load_split(data_dir, "train")               # (N, H, W, C) memmap
     val_data, _ = load_split(data_dir, "val")
     N, H, W, C = train_data.shape
+    for name, split in (("train", train_data), ("val", val_data)):
+        if len(split) == 0:
+            raise ValueError(f"{os.path.join(data_dir, name + '.npy')} holds no images; prepare the data again")
     if val_data.shape[1:] != (H, W, C) or val_data.dtype != train_data.dtype:
         raise ValueError(f"val.npy {val_data.shape} {val_data.dtype} does not match train.npy "
                          f"{train_data.shape} {train_data.dtype}; prepare the data again")
     if H % 2 ** num_scales or W % 2 ** num_scales:
         raise ValueError(f"image size {H}x{W} is not divisible by 2^num_scales = {2 ** num_scales}; "
                          f"lower --num_scales or crop the data")
-    if min(max_steps, batch_size, grad_accum, log_interval, eval_interval, ckpt_interval, eval_images) < 1:
-        raise ValueError("max_steps, batch_size, grad_accum, log_interval, eval_interval, ckpt_interval "
-                         "and eval_images must be >= 1")
+    check_finite(train_data, os.path.join(data_dir, "train.npy"))      # float32 only: uint8 is always finite
+    check_finite(val_data[:eval_images], os.path.join(data_dir, "val.npy"))
 except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"train.py: {e}")
+    fail(str(e))
 d = H * W * C                                                           # dimensions per image
 
 # ----------------------------------------------------------------------------- devices and DDP
 ddp = "RANK" in os.environ                                              # set by torchrun
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-if device.startswith("cuda") and not torch.cuda.is_available():
-    sys.exit(f"train.py: --device={device} but CUDA is not available; use --device=cpu")
+try:
+    if ddp and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"                # one GPU per process
+    device = setup_device(device, tf32=tf32, deterministic=deterministic)   # current device, TF32, determinism
+except ValueError as e:
+    fail(str(e))
 if ddp:
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    if device == "cuda":
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
 else:
     rank, world_size = 0, 1
 master = rank == 0                                                      # only rank 0 prints and writes
-if batch_size % (world_size * grad_accum):
-    sys.exit(f"train.py: batch_size={batch_size} must be divisible by world_size * grad_accum = "
-             f"{world_size} * {grad_accum}")
+require(batch_size % (world_size * grad_accum) == 0, f"--batch_size={batch_size} must be divisible by "
+        f"world_size * grad_accum = {world_size} * {grad_accum}")
 chunk_size = batch_size // (world_size * grad_accum)                   # images per micro-batch
-torch.backends.cuda.matmul.allow_tf32 = False                           # fp32 as in the paper
-torch.backends.cudnn.allow_tf32 = False
+
+
+def from_rank0(value):
+    """rank 0's value on every rank (pickled; CPU tensors inside stay CPU tensors)."""
+    if not ddp:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
 
 # ----------------------------------------------------------------------------- resume, data statistics
+# Rank 0 alone decides whether to resume and reads the checkpoint (to CPU), then sends it to every rank:
+# on several nodes without a shared out_dir the other ranks see no checkpoint at all, and a rank that
+# decided alone would skip the collective calls the others make.
 ckpt_path, prev_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "ckpt_prev.pt")
-resume_path = next((p for p in (ckpt_path, prev_path) if os.path.exists(p)), None)
+resume_path, ckpt, error = None, None, None
+if master:
+    resume_path = next((p for p in (ckpt_path, prev_path) if os.path.exists(p)), None)
+    if resume_path:
+        try:
+            ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
+            if not isinstance(ckpt, dict) or not all(k in ckpt for k in ("model", "model_config", "kind", "step", "optimizer")):
+                raise ValueError("not a checkpoint written by train.py")
+        except Exception as e:
+            error = (f"checkpoint {resume_path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:200]}); move it "
+                     f"away (the one before it is {prev_path}: rename it to ckpt.pt to resume from it) or use another out_dir")
+resume_path, ckpt, error = from_rank0((resume_path, ckpt, error))
+require(error is None, error)
 if resume_path:
-    try:
-        ckpt = torch.load(resume_path, map_location=device, weights_only=True)
-        ckpt_model_config, ckpt_kind = ckpt["model_config"], ckpt["kind"]
-    except Exception as e:
-        sys.exit(f"train.py: checkpoint {resume_path} is corrupt ({type(e).__name__}: {e}); move it away "
-                 f"(the one before it is {prev_path}: rename it to ckpt.pt to resume from it) or use another out_dir")
+    ckpt_model_config, ckpt_kind = ckpt["model_config"], ckpt["kind"]
 # gaussian_term needs the data's mean and spectrum (dataset.stationary_spectrum), analytic_term and scale_energy
 # the pixel variance (and analytic_term the covariance spectrum): measured once by rank 0 on the training device,
 # sent to every rank; a resumed run reads them from its checkpoint (the Gaussian term's buffers are in its state_dict)
@@ -161,50 +193,54 @@ if kind == "denoiser":              # x_hat = y - t f(y, t) has no energy: the o
 elif resume_path and (gaussian_term or analytic_term or scale_energy) and data_var is None:
     data_stats = {k: ckpt_model_config.get(k) for k in data_stats}
 elif gaussian_term and analytic_term:
-    sys.exit("train.py: gaussian_term already holds the log-det that analytic_term adds: turn one off "
-             "(--analytic_term=False, the default)")
+    fail("gaussian_term already holds the log-det that analytic_term adds: turn one off (--analytic_term=False, the default)")
 elif gaussian_term or ((analytic_term or scale_energy) and data_var is None):
-    stats = [None]
+    stats = None
     if master:
         try:
             if gaussian_term:
                 mean, P, _ = stationary_spectrum(train_data, spectrum_images, spectrum_floor, device=device)
                 var = P.diagonal(dim1=-2, dim2=-1).real.mean().item() / (1 + spectrum_floor)   # the pixel variance
-                stats = [dict(data_var=data_var or var, data_spectrum=None, gaussian=(mean, P))]
+                stats = dict(data_var=data_var or var, data_spectrum=None, gaussian=(mean.cpu(), P.cpu()))   # CPU: a pickled CUDA
+                # tensor would land on rank 0's GPU on every rank
             else:
                 var, spectrum = covariance_spectrum(train_data, spectrum_images, device=device)
-                stats = [dict(data_var=var, data_spectrum=spectrum)]
+                stats = dict(data_var=var, data_spectrum=spectrum)
         except ValueError as e:
-            stats = [str(e)]                                            # every rank stops with the message
-    if ddp:
-        dist.broadcast_object_list(stats, src=0)
-    if isinstance(stats[0], str):
-        sys.exit(f"train.py: {stats[0]}")
-    gaussian = stats[0].pop("gaussian", None)
-    data_stats = stats[0]
+            stats = str(e)                                              # every rank stops with the message
+    stats = from_rank0(stats)
+    require(not isinstance(stats, str), stats)
+    gaussian = stats.pop("gaussian", None)
+    data_stats = stats
 try:
     model_config = UNetConfig(channels=C, image_size=(H, W) if config["gaussian_term"] else None,
                               **{**{k: config[k] for k in MODEL_KEYS}, **data_stats}).to_dict()
 except ValueError as e:
-    sys.exit(f"train.py: {e}")
+    fail(str(e))
 spectrum = model_config["data_spectrum"]                                # the config records what was measured
-config.update(data_var=model_config["data_var"], data_spectrum=spectrum and list(spectrum))
+config.update(data_var=model_config["data_var"], data_spectrum=spectrum and list(spectrum),
+              image_shape=[H, W, C])                                    # eval, sample, figures need no data_dir
 
 # ----------------------------------------------------------------------------- model, optimizer, resume
 torch.manual_seed(seed)
 raw_model = build_model(kind, model_config).to(device)
 if gaussian is not None:
-    raw_model.set_gaussian(*gaussian)
-optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2))
+    raw_model.set_gaussian(*(v.to(device) for v in gaussian))
+# fused: one kernel per step, and it skips the update on device when optimizer.found_inf is 1 (see the loop)
+optimizer = torch.optim.Adam(raw_model.parameters(), lr=lr, betas=(beta1, beta2), fused=True)
 ema = [p.detach().clone() for p in raw_model.parameters()] if ema_halflife_images else None
 step = 0
 if resume_path:
     structure = lambda cfg: {k: v for k, v in cfg.items() if k != "kernel_impl"}   # the kernel path may change
     if ckpt_kind != kind or structure(ckpt_model_config) != structure(model_config):
-        sys.exit(f"train.py: {resume_path} holds a {ckpt_kind!r} model {ckpt_model_config}, not the configured "
-                 f"{kind!r} model {model_config}; use another out_dir")
+        fail(f"{resume_path} holds a {ckpt_kind!r} model {ckpt_model_config}, not the configured "
+             f"{kind!r} model {model_config}; use another out_dir")
     raw_model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    optimizer.load_state_dict(ckpt["optimizer"])      # from CPU: moments go to the parameters' device
+    for group in optimizer.param_groups:              # a checkpoint of the non-fused Adam restores its options:
+        group.update(fused=True, foreach=None)        # keep the fused one, with its step counters beside the weights
+    for p, state in optimizer.state.items():
+        state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
     if ema is not None:
         ema = [ckpt["ema"][n].to(device) for n, _ in raw_model.named_parameters()] if "ema" in ckpt else ema
     step = ckpt["step"]
@@ -230,7 +266,7 @@ def log(record, line):
     if master:
         print(line, flush=True)
         with open(os.path.join(out_dir, "log.jsonl"), "a") as fh:
-            fh.write(json.dumps({**record, "elapsed_s": round(time.time() - t_start, 3)}) + "\n")
+            fh.write(json.dumps(json_safe({**record, "elapsed_s": round(time.time() - t_start, 3)}), allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- randomness and batches
@@ -287,7 +323,12 @@ def evaluate():
         sums[0] += x.shape[0]
         for l, psnr in enumerate(EVAL_PSNR):
             t = torch.full((x.shape[0],), 10.0 ** (-psnr / 10), device=device)
-            terms = {k: v.detach().double() for k, v in loss_terms(net, x, g, t).items()}
+            if kind == "energy":                                       # scores only: no double-backward graph
+                terms = score_matching_terms(net, x, t, time_weight, g)
+            else:
+                with torch.no_grad():
+                    terms = denoiser_score_matching(net, x, t=t, generator=g)
+            terms = {k: v.detach().double() for k, v in terms.items()}
             mse = terms["space"] * t.double()                          # mean (x_hat - x)^2 per image
             sums[1 + 3 * l] += terms["space"].sum()
             sums[2 + 3 * l] += terms["time"].sum() if "time" in terms else 0.0
@@ -323,10 +364,16 @@ log({"run": config, "model_config": model_config, "torch": torch.__version__, "p
     f"world size {world_size}, {'resuming from ' + resume_path + ' at step ' + str(step) if resume_path else 'fresh start'}")
 
 # ----------------------------------------------------------------------------- training loop
+# Nothing in a step waits for the GPU: finiteness is checked on device, and a step whose loss or gradient
+# is not finite sets bad_step, after which the fused Adam skips every update (found_inf = 1, on device) and
+# the EMA stands still. The host reads bad_step at each log, evaluation and checkpoint step and stops there:
+# the weights are those before the first bad update, and no checkpoint is written after it.
 interval = torch.zeros(4, dtype=torch.float64, device=device)         # images, loss, space, time sums
-train_time, run_steps, failed = 0.0, 0, False
+bad_step = torch.zeros((), dtype=torch.int64, device=device)          # first non-finite step; 0 = none
+optimizer.found_inf = torch.zeros((), dtype=torch.float32, device=device)
+ema_rate = 1.0 - 0.5 ** (batch_size / ema_halflife_images) if ema is not None else 0.0
+interval_start, run_steps, failed = time.time(), 0, False
 while step < max_steps:
-    t0 = time.time()
     lr_now = lr * 0.5 ** (step // lr_halve_every)                       # halved every lr_halve_every steps
     for group in optimizer.param_groups:
         group["lr"] = lr_now
@@ -347,26 +394,31 @@ while step < max_steps:
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters()])
     if grad_dump and run_steps == 0 and master:
         torch.save({n: p.grad.detach().cpu() for n, p in raw_model.named_parameters()}, grad_dump)
-    if not (torch.isfinite(sums).all() and torch.isfinite(grad_norm)):
-        log({"step": step + 1, "error": "non-finite loss or gradient"},
-            f"step {step + 1}: mean loss {sums[1].item() / batch_size} or grad norm {grad_norm.item()} is not "
-            f"finite; stopping before the update and without a checkpoint"
-            + (f" (the last good one is {ckpt_path}); lower --lr, or resume from it with another --seed"
-               if os.path.exists(ckpt_path) else "; lower --lr"))
-        failed = True
-        break
+    finite = torch.isfinite(sums).all() & torch.isfinite(grad_norm)
+    bad_step = torch.where((bad_step == 0) & ~finite, step + 1, bad_step)
+    optimizer.found_inf = (bad_step > 0).float()                        # 1 from the first bad step on: no update
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if ema is not None:
         torch._foreach_lerp_(ema, [p.detach() for p in raw_model.parameters()],
-                             1.0 - 0.5 ** (batch_size / ema_halflife_images))
+                             [ema_rate * (1.0 - optimizer.found_inf)] * len(ema))
     step += 1
     run_steps += 1
     interval += sums
-    train_time += time.time() - t0
-    if step % log_interval == 0 or step == max_steps:
+    logging, evaluating = step % log_interval == 0 or step == max_steps, step % eval_interval == 0 or step == max_steps
+    saving = step % ckpt_interval == 0 or step == max_steps             # the same on every rank: all check
+    if (logging or evaluating or saving) and bad_step.item():          # the host waits for the device here only
+        first = bad_step.item()
+        log({"step": first, "error": "non-finite loss or gradient"},
+            f"step {first}: the loss or the gradient is not finite; stopped at step {step} with the weights of step "
+            f"{first - 1} (no update after it) and without a checkpoint"
+            + (f" (the last good one is {ckpt_path}); lower --lr, or resume from it with another --seed"
+               if os.path.exists(ckpt_path) else "; lower --lr"))
+        failed = True
+        break
+    if logging:
         n, loss, space, time_term = interval.tolist()
-        images_per_s = n / train_time
+        images_per_s = n / (time.time() - interval_start)
         eta_h = (max_steps - step) * batch_size / images_per_s / 3600
         log({"step": step, "images": step * batch_size, "loss": loss / n, "space": space / n, "time": time_term / n,
              "lr": lr_now, "grad_norm": grad_norm.item(), "images_per_s": images_per_s},
@@ -374,16 +426,19 @@ while step < max_steps:
             f"time {time_term / n:.4f} | lr {lr_now:.2e} | gnorm {grad_norm.item():.3g} | {images_per_s:.1f} img/s "
             f"| eta {eta_h:.2f} h")
         interval.zero_()
-        train_time = 0.0
-    if step % eval_interval == 0 or step == max_steps:
-        result = evaluate()
+        interval_start = time.time()
+    pause = time.time()
+    if evaluating:
+        with full_precision():                                          # fp32 whatever --tf32, as eval.py
+            result = evaluate()
         nll = f"nll {result['nll_bpd']:.4f} bits/dim (c = {result['log_norm_const']:.1f} nats) | " if kind == "energy" else ""
         log({"step": step, "images": step * batch_size, "eval": result},
             f"eval step {step} | {nll}space at PSNR {EVAL_PSNR[0]}..{EVAL_PSNR[-1]} dB: "
             + " ".join(f"{lv['space']:.3f}" for lv in result["levels"])
             + " | output PSNR: " + " ".join(f"{lv['psnr_out']:.2f}" for lv in result["levels"]))
-    if master and (step % ckpt_interval == 0 or step == max_steps):
+    if saving and master:
         save_checkpoint()
+    interval_start += time.time() - pause                               # the rate counts training time only
 if master and run_steps == 0 and not failed:
     print(f"nothing to do: {ckpt_path} is already at step {step} = max_steps")
 if ddp:

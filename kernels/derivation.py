@@ -48,11 +48,12 @@ How the passes below are fused (kernels/README.md, "CPU backend"). Every full-si
 per-(n, c) affine combination of at most four full-size tensors, so each output is a chain of
 addcmul's with (N, C, 1, 1) coefficients, and every sum over a group is assembled from per-channel
 sums over H, W (sum t, <t, x>, <t, ux>) instead of materialising xc, xhat, gh, Gx or xhat_dot:
-    forward          a = (x - m) alpha,  alpha = s w gain;  out = silu(a)           (a saved)
+    forward          a = (x - m) alpha,  alpha = s w gain;  out = silu(a)           (a and out saved)
     backward         da = silu_backward(dy, a)  (one aten op: dy silu'(a));         (da saved)
                      S1 = sum_hw da,  S2 = sum_hw da x  ->  A, B, P;  dx = da s w gain + x c + const
     double backward  a_dot = ux s w gain + x (s_dot w gain + s ug) + const,  g_dy = silu_backward(a_dot, a),
-                     g_a = dy silu''(a) a_dot;  sums of g_a, g_a x, da ux, ux, ux x -> R1, R2, R3, Q;
+                     g_a = sigmoid_backward((2 + a - 2 out) a_dot dy, sig) = dy silu''(a) a_dot;
+                     sums of g_a, g_a x, da ux, ux, ux x -> R1, R2, R3, Q;
                      gx = g_a s w gain + da (s ug + s_dot w gain) + ux c1 + x c2 + const
 with ug = uw gain + w ugain. Elementwise ops keep the input's memory format (channels_last stays
 channels_last); sums over H, W accept any strides.
@@ -61,27 +62,32 @@ import torch
 import torch.nn.functional as F
 
 
-def scale(v, eps, preserve_scale, derivatives=True):
-    """s (N, G) and its partial derivatives (s_v, s_b, s_vv, s_vb, s_bb) in v_g and vbar;
-    s alone if derivatives is False."""
-    q = 1.0 / (v + eps)
+def scale(v, eps, preserve_scale, order=2):
+    """s (N, G) and its partial derivatives in v_g and vbar up to `order`: s (order 0),
+    (s, s_v, s_b) (order 1), (s, s_v, s_b, s_vv, s_vb, s_bb) (order 2).
+
+    With h = q / (2 s) = s_b: s_v = -vbar q h, s_bb = -h^2 / s, s_vb = -q (h + vbar s_bb),
+    s_vv = vbar q^2 (2 h + vbar s_bb), the formulas of the docstring with shared factors."""
+    q = (v + eps).reciprocal()
     if not preserve_scale:
         s = q.sqrt()
-        if not derivatives:
+        if order == 0:
             return s
         zero = torch.zeros_like(s)
-        return s, -0.5 * s ** 3, zero, 0.75 * s ** 5, zero, zero
+        s3 = s ** 3
+        first = (s, -0.5 * s3, zero)
+        return first if order == 1 else first + (0.75 * s3 * s * s, zero, zero)
     vbar = v.mean(dim=1, keepdim=True)                                # (N, 1)
-    s = (vbar * q + eps).sqrt()
-    if not derivatives:
+    s = torch.addcmul(torch.full_like(q, eps), vbar, q).sqrt_()
+    if order == 0:
         return s
-    s3 = s ** 3
-    s_v = -vbar * q ** 2 / (2 * s)
-    s_b = q / (2 * s)
-    s_vv = vbar * q ** 3 / s - vbar ** 2 * q ** 4 / (4 * s3)
-    s_vb = -q ** 2 / (2 * s) + vbar * q ** 3 / (4 * s3)
-    s_bb = -q ** 2 / (4 * s3)
-    return s, s_v, s_b, s_vv, s_vb, s_bb
+    h = q / (2 * s)
+    first = (s, -vbar * q * h, h)
+    if order == 1:
+        return first
+    s_bb = -(h * h) / s
+    vb_s_bb = vbar * s_bb
+    return first + (vbar * q * q * (2 * h + vb_s_bb), -q * (h + vb_s_bb), s_bb)
 
 
 def backward_coefs(ds, A, K):
@@ -126,100 +132,107 @@ def _dot(t, u):
 
 def _per_group(t, G):
     """(N, C) per-channel values -> (N, G) sums over the channels of each group."""
-    return t.view(t.shape[0], G, -1).sum(dim=2)
+    return t if t.shape[1] == G else t.view(t.shape[0], G, -1).sum(dim=2)
 
 
 def _per_channel(t, C):
-    """(N, G) or (N, 1) per-group values -> (N, C), each channel taking its group's value."""
-    return t.repeat_interleave(C // t.shape[1], dim=1) if t.shape[1] > 1 else t.expand(-1, C)
+    """(N, G) per-group values -> (N, C), each channel taking its group's value."""
+    N, G = t.shape
+    return t if G == C else t[:, :, None].expand(N, G, C // G).reshape(N, C)
 
 
-def _affine(const, *pairs):
-    """const + sum_i t_i * coef_i, coefficients (N, C) broadcast over H, W: one addcmul per term."""
-    out = None
-    for t, coef in pairs:
-        coef = coef[..., None, None]
-        out = torch.addcmul(const[..., None, None], t, coef) if out is None else out.addcmul_(t, coef)
-    return out
+def _bc(t):
+    return t.view(*t.shape, 1, 1)                                      # (N, C) -> (N, C, 1, 1)
 
 
 def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
-    """out, and the state the backward needs: a (the SiLU input, full size), m, v (N, G)."""
+    """out, and the state of the next passes: a (the SiLU input, full size), m, v, s (N, G), out."""
     N, C = x.shape[:2]
     dt, out_dtype = compute_dtype(x), x.dtype
     x = x.to(dt)
     K = x[0].numel() // groups
-    m = _per_group(_sum(x), groups) / K                               # (N, G)
-    xc = x - _per_channel(m, C)[..., None, None]
+    m = x.mean(dim=(2, 3)) if groups == C else _per_group(_sum(x), groups) / K   # (N, G)
+    xc = x - _bc(_per_channel(m, C))
     v = _per_group(_dot(xc, xc), groups) / K                          # two-pass variance, (N, G)
-    s = _per_channel(scale(v, eps, preserve_scale, derivatives=False), C)
-    a = xc.mul_((s * weight.to(dt) * gain.to(dt))[..., None, None])   # (x - m) s w gain, in place of xc
-    return F.silu(a).to(out_dtype), (a, m, v)
+    s = scale(v, eps, preserve_scale, order=0)
+    a = xc.mul_(_bc(_per_channel(s, C) * weight.to(dt) * gain.to(dt)))   # (x - m) s w gain, in place of xc
+    out = F.silu(a).to(out_dtype)
+    return out, (a, m, v, s, out)
 
 
 def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
     """(dx, dw, dgain) and the state the double backward needs: da (full size), S1, S2, A, B, dv."""
-    a, m, v = state
+    a, m, v, s, _ = state
     N, C = x.shape[:2]
     dt = a.dtype
     x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
     K = x[0].numel() // groups
-    ds = scale(v, eps, preserve_scale)
-    m_c, s_c = _per_channel(m, C), _per_channel(ds[0], C)
+    m_c, s_c = _per_channel(m, C), _per_channel(s, C)
     da = torch.ops.aten.silu_backward(dy.to(dt), a)                   # dy silu'(a)
     S1, S2 = _sum(da), _dot(da, x)                                     # (N, C)
-    Pc = S2 - m_c * S1                                                 # sum_hw da xc
+    Pc = torch.addcmul(S2, m_c, S1, value=-1)                          # sum_hw da xc
     wg = weight * gain
     A, B = _per_group(wg * Pc, groups), _per_group(wg * S1, groups)   # sum gh xc, sum gh
-    dv, c = backward_coefs(ds, A, K)
-    c_c = _per_channel(c, C)
+    ds = scale(v, eps, preserve_scale, order=1)
+    dv = A * ds[1] + (A * ds[2]).mean(dim=1, keepdim=True) if preserve_scale else A * ds[1]
+    c_c = _per_channel(dv * (2 / K), C)                                # backward_coefs' c
     alpha = s_c * wg
-    dx = _affine(-s_c * _per_channel(B, C) / K - c_c * m_c, (x, c_c), (da, alpha))   # s (gh - B / K) + c xc
+    const = torch.addcmul(s_c * _per_channel(B, C) * (-1 / K), c_c, m_c, value=-1)
+    dx = torch.addcmul(_bc(const), x, _bc(c_c)).addcmul_(da, _bc(alpha))   # s (gh - B / K) + c xc
     P = s_c * Pc                                                       # sum_hw da xhat
     return (dx, (P * gain).sum(dim=0), P * weight), (da, S1, S2, A, B, dv)
 
 
 def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, eps=1e-5, preserve_scale=True):
     """(g_dy, gx, gw, ggain): gradients of <ux, dx> + <uw, dw> + <ugain, dgain>; any u may be None."""
-    a, m, v = state
+    a, m, v, s, out = state
     da, S1, S2, A, B, dv = state2
     N, C = x.shape[:2]
     dt = a.dtype
     x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
     G, K = groups, x[0].numel() // groups
     ds = scale(v, eps, preserve_scale)
-    m_c, s_c = _per_channel(m, C), _per_channel(ds[0], C)
+    m_c, s_c = _per_channel(m, C), _per_channel(s, C)
     wg = weight * gain
-    uw = torch.zeros_like(weight) if uw is None else uw.to(dt)
-    ugain = torch.zeros_like(gain) if ugain is None else ugain.to(dt)
-    ug = uw * gain + weight * ugain                                    # (N, C)
+    if uw is None and ugain is None:
+        ug = ugain = torch.zeros_like(wg)
+        uw = torch.zeros_like(weight)
+    else:
+        uw = torch.zeros_like(weight) if uw is None else uw.to(dt)
+        ugain = torch.zeros_like(gain) if ugain is None else ugain.to(dt)
+        ug = torch.addcmul(uw * gain, weight, ugain)                   # uw gain + w ugain, (N, C)
+    Pc = torch.addcmul(S2, m_c, S1, value=-1)                          # sum_hw da xc
     if ux is not None:
         ux = ux.to(dt)
         U1 = _sum(ux)
-        umean, v_dot, b_dot, s_dot = tangent_coefs(ds, _per_group(U1, G), _per_group(_dot(ux, x) - m_c * U1, G), K)
+        U2 = torch.addcmul(_dot(ux, x), m_c, U1, value=-1)             # sum_hw xc ux
+        umean, v_dot, b_dot, s_dot = tangent_coefs(ds, _per_group(U1, G), _per_group(U2, G), K)
         umean_c, sdot_c = _per_channel(umean, C), _per_channel(s_dot, C)
-        Sdaux = _dot(da, ux) - umean_c * S1                            # sum_hw da xc_dot
+        Sdaux = torch.addcmul(_dot(da, ux), umean_c, S1, value=-1)     # sum_hw da xc_dot
     else:
         v_dot = b_dot = torch.zeros_like(v)
         umean_c = sdot_c = Sdaux = torch.zeros_like(wg)
     # a_dot = xhat_dot w gain + xhat ug = ux p1 + x p2 - umean p1 - m p2
-    p1, p2 = s_c * wg, sdot_c * wg + s_c * ug
-    pairs = ((x, p2),) if ux is None else ((x, p2), (ux, p1))
-    a_dot = _affine(-umean_c * p1 - m_c * p2, *pairs)
+    p1, p2 = s_c * wg, torch.addcmul(sdot_c * wg, s_c, ug)
+    a_dot = torch.addcmul(_bc(torch.addcmul(-umean_c * p1, m_c, p2, value=-1)), x, _bc(p2))
+    if ux is not None:
+        a_dot.addcmul_(ux, _bc(p1))
     g_dy = torch.ops.aten.silu_backward(a_dot, a)                     # silu'(a) a_dot = out_dot
-    sig = torch.sigmoid(a)
-    g_a = torch.add(a, a * sig, alpha=-2).add_(2)                      # 2 + a (1 - 2 sig)
-    g_a.mul_(torch.addcmul(sig, sig, sig, value=-1)).mul_(a_dot).mul_(dy.to(dt))   # dy silu''(a) a_dot
-    Sga, Sgax = _sum(g_a), _dot(g_a, x)
-    Pc = S2 - m_c * S1                                                 # sum_hw da xc
-    Sgaxc = Sgax - m_c * Sga                                           # sum_hw g_a xc
-    R1 = _per_group(wg * Sgaxc + ug * Pc, G)                           # sum Gx xc
+    silu_a = out if out.dtype == dt else F.silu(a)                     # a sig; out is rounded in bf16
+    g_a = torch.add(a, silu_a, alpha=-2).add_(2).mul_(a_dot).mul_(dy.to(dt))   # (2 + a (1 - 2 sig)) a_dot dy
+    g_a = torch.ops.aten.sigmoid_backward(g_a, torch.sigmoid(a))      # * sig (1 - sig): dy silu''(a) a_dot
+    Sga = _sum(g_a)
+    Sgaxc = torch.addcmul(_dot(g_a, x), m_c, Sga, value=-1)            # sum_hw g_a xc
+    R1 = _per_group(torch.addcmul(wg * Sgaxc, ug, Pc), G)              # sum Gx xc
     R2 = _per_group(wg * Sdaux, G)                                     # sum gh xc_dot
-    R3 = _per_group(wg * Sga + ug * S1, G)                             # sum Gx
-    Q = s_c * (Sgaxc + Sdaux) + sdot_c * Pc                            # sum_hw (g_a xhat + da xhat_dot)
-    P = s_c * Pc
+    R3 = _per_group(torch.addcmul(wg * Sga, ug, S1), G)                # sum Gx
+    Q = torch.addcmul(s_c * (Sgaxc + Sdaux), sdot_c, Pc)               # sum_hw (g_a xhat + da xhat_dot)
+    P = s_c * Pc                                                       # sum_hw da xhat
     c1, c2 = (_per_channel(c, C) for c in double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K))
-    const = (-s_c * _per_channel(R3, C) - sdot_c * _per_channel(B, C)) / K - c1 * umean_c - c2 * m_c
-    pairs = ((g_a, s_c * wg), (da, s_c * ug + sdot_c * wg), (x, c2)) + (() if ux is None else ((ux, c1),))
-    gx = _affine(const, *pairs)
-    return g_dy, gx, (gain * Q + ugain * P).sum(dim=0), weight * Q + uw * P
+    const = torch.addcmul(s_c * _per_channel(R3, C), sdot_c, _per_channel(B, C)) * (-1 / K)   # -(s R3 + s_dot B) / K
+    const = torch.addcmul(torch.addcmul(const, c1, umean_c, value=-1), c2, m_c, value=-1)      # - c1 umean - c2 m
+    gx = torch.addcmul(_bc(const), g_a, _bc(p1)).addcmul_(da, _bc(torch.addcmul(s_c * ug, sdot_c, wg)))
+    gx.addcmul_(x, _bc(c2))
+    if ux is not None:
+        gx.addcmul_(ux, _bc(c1))
+    return g_dy, gx, (gain * Q + ugain * P).sum(dim=0), torch.addcmul(weight * Q, uw, P)

@@ -38,7 +38,7 @@ class GNSiLU(torch.autograd.Function):
         backend, n_state, groups, eps, preserve_scale = ctx.args
         x, weight, gain, *state = ctx.saved_tensors
         dx, dw, dgain = GNSiLUBackward.apply(backend, dy, x, weight, gain, groups, eps, preserve_scale,
-                                             n_state, *state)
+                                             n_state, *[t.detach() for t in state])   # state may hold out
         return None, dx, dw, dgain, None, None, None
 
 

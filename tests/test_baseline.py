@@ -25,11 +25,22 @@ def test_nll_matches_scipy():
     np.testing.assert_allclose(ours, -multivariate_normal(mu, Sigma).logpdf(x), rtol=1e-10)
 
 
-def test_fit_is_the_ml_estimate():
-    x = np.random.default_rng(2).normal(size=(300, 5)) @ np.diag([1, 2, 3, 4, 5.0])
-    mu, Sigma = baseline.fit_gaussian(torch.from_numpy(x))
+@pytest.mark.parametrize("batch_size", [1024, 7])
+def test_fit_is_the_ml_estimate(batch_size):
+    """Streamed in chunks (7 does not divide 300) around a shift, far from 0: numpy's two-pass estimate."""
+    x = 100 + np.random.default_rng(2).normal(size=(300, 5)) @ np.diag([1, 2, 3, 4, 5.0])
+    mu, Sigma = baseline.fit_gaussian(x, batch_size)
     np.testing.assert_allclose(mu.numpy(), x.mean(0), rtol=1e-12)
     np.testing.assert_allclose(Sigma.numpy(), np.cov(x.T, bias=True), rtol=1e-10)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_train_nll_without_a_pass_is_the_mean_over_the_images(ridge):
+    x = np.random.default_rng(3).normal(size=(40, 6)) @ np.diag([1, 2, 3, 1, 2, 3.0])
+    mu, Sigma = baseline.fit_gaussian(x, 16)
+    Sigma += ridge * torch.eye(6, dtype=Sigma.dtype)
+    direct = baseline.gaussian_nll(torch.from_numpy(x), mu, Sigma).mean().item()
+    assert baseline.mean_train_nll(baseline.cholesky(Sigma), ridge) == pytest.approx(direct, rel=1e-12)
 
 
 def write_split(folder, name, a):
@@ -60,7 +71,7 @@ def test_uint8_data_gets_the_offset(tmp_path):
     x_tr, x_va = a[:150].reshape(150, 4) / 255.0, a[150:].reshape(50, 4) / 255.0
     ref = -multivariate_normal(x_tr.mean(0), np.cov(x_tr.T, bias=True)).logpdf(x_va).mean() / (4 * math.log(2)) + 8
     assert r["quantized"]
-    assert r["nll_bpd"] == pytest.approx(ref, rel=1e-6)   # float32 x / 255 in dataset.to_tensor
+    assert r["nll_bpd"] == pytest.approx(ref, rel=1e-6)   # float64 x / 255 on both sides: rounding only
 
 
 def test_singular_covariance_names_the_fix(tmp_path):

@@ -170,3 +170,15 @@ def test_covariance_spectrum_needs_more_images_than_dimensions():
     images, _ = gaussian_images(16, 4, 2, 2)
     with pytest.raises(ValueError, match="more images than dimensions"):
         covariance_spectrum(images)
+
+
+def test_synthetic_splits(tmp_path):
+    """data/synthetic/prepare.py: uint8 splits of the asked sizes, written chunk by chunk (4096 images a chunk)."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "synthetic", "prepare.py")
+    run = subprocess.run([sys.executable, script, "--n_train=5000", "--n_val=3", "--size=4", "--channels=1",
+                          f"--out={tmp_path}"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    train, val = np.load(tmp_path / "train.npy"), np.load(tmp_path / "val.npy")
+    assert train.shape == (5000, 4, 4, 1) and val.shape == (3, 4, 4, 1) and train.dtype == val.dtype == np.uint8
+    counts = np.bincount(train.ravel(), minlength=256)              # uniform over 0..255, the last chunk included
+    assert counts.min() > 0 and train[4096:].std() > 60

@@ -7,6 +7,7 @@ eval's constant. Each command then runs once on a tiny checkpoint built here.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -168,22 +169,93 @@ def test_eval_command(tiny, capsys):
     images = np.load(os.path.join(tiny["data"], "val.npy"))[:8]
     U0 = ev.energies(model, images)
     assert abs(ev.nll_bits_per_dim(U0.mean(), r["log_norm_const"], 64, True) - saved["nll_bpd"]) < 1e-6
-    assert "NLL" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "NLL" in printed.out
+    for bar in ("constant c", "NLL", "PSNR, 9 levels", "denoiser PSNR", "ODE check"):   # progress: count, rate, ETA
+        assert re.search(bar + r": 100%.*\d+/\d+ \[[\d:]+<[\d:]+, *[\d.]+ *(batch/s|s/batch)\]", printed.err), bar
+
+
+def test_progress_bars_on_rank_0_only(capsys, monkeypatch):
+    assert list(ev.progress(range(3), 3, "work")) == [0, 1, 2] and "work: 100%" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    assert list(ev.progress(range(3), 3, "work")) == [0, 1, 2] and capsys.readouterr().err == ""
+    assert list(ev.progress(range(3), 3)) == [0, 1, 2]                  # no label: no bar
 
 
 def test_eval_bad_input(tiny):
-    with pytest.raises(ValueError, match="'denoiser' model but a 'energy'"):
+    with pytest.raises(SystemExit, match="'denoiser' model but a 'energy'"):
         ev.main([f"--ckpt={tiny['denoiser']}", f"--data_dir={tiny['data']}"])
-    with pytest.raises(ValueError, match=r"3-channel images.*built for 1 channels"):
+    with pytest.raises(SystemExit, match=r"3-channel images.*built for 1 channels"):
         ev.main([f"--ckpt={tiny['energy']}", f"--data_dir={tiny['rgb']}"])
-    with pytest.raises(ValueError, match=r"big/val.npy has images 16x16x1 but checkpoint .*t.pt was trained on 8x8x1"):
+    with pytest.raises(SystemExit, match=r"big/val.npy has images 16x16x1 but checkpoint .*t.pt was trained on 8x8x1"):
         ev.main([f"--ckpt={tiny['trained']}", f"--data_dir={tiny['big']}"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(SystemExit, match="does not exist"):
         ev.main([f"--ckpt={tiny['root'] / 'nope.pt'}", f"--data_dir={tiny['data']}"])
-    with pytest.raises(FileNotFoundError, match="val.npy not found"):
+    with pytest.raises(SystemExit, match="val.npy not found"):
         ev.main([f"--ckpt={tiny['energy']}", f"--data_dir={tiny['root']}"])
     with pytest.raises(SystemExit, match="unknown key --max_image"):
         ev.main([f"--ckpt={tiny['energy']}", "--max_image=3"])
+
+
+def test_evaluation_terms_equal_the_training_loss_without_double_backward():
+    """eval.score_matching_terms (train.py's evaluation) gives losses.dual_score_matching's numbers from the
+    same noise draws, and its terms carry no graph into the parameters."""
+    from losses import dual_score_matching
+    torch.manual_seed(0)
+    model = EnergyUNet(UNetConfig(**TINY))
+    x = torch.rand(3, 1, 8, 8)
+    t = torch.tensor([1e-4, 0.1, 10.0])
+    ours = ev.score_matching_terms(model, x, t, 0.7, torch.Generator().manual_seed(5))
+    ref = dual_score_matching(model, x, t, 0.7, torch.Generator().manual_seed(5))
+    for k in ("loss", "space", "time"):
+        assert not ours[k].requires_grad and ref[k].requires_grad, k
+        torch.testing.assert_close(ours[k], ref[k].detach(), rtol=1e-5, atol=1e-7, msg=k)
+        assert ours[k].abs().min() > 0, k
+
+
+def test_integer_noise_levels_give_the_float_answer():
+    """The entry points of eval cast an integer t to the images' dtype (a bare EnergyUNet(y, t_int) does not)."""
+    torch.manual_seed(0)
+    model = EnergyUNet(UNetConfig(**TINY, data_var=0.05, analytic_term=True))
+    y = torch.rand(2, 1, 8, 8)
+    t_int, t_float = torch.tensor([1, 3]), torch.tensor([1.0, 3.0])
+    den = ev.energy_denoiser(model)
+    torch.testing.assert_close(den(y, t_int), den(y, t_float))
+    assert torch.isfinite(den(y, t_int)).all()
+    images = as_array(y)
+    noisy = [ev.energies(model, images, t=t, generator=torch.Generator().manual_seed(1)) for t in (3, 3.0)]
+    np.testing.assert_array_equal(*noisy)
+
+
+def test_ema_weights_are_used_when_saved(tiny, tmp_path):
+    """--weights=auto takes the checkpoint's EMA, --weights=model the raw weights; --weights=ema needs one."""
+    ckpt = torch.load(tiny["energy"], weights_only=True)
+    model, _ = ev.load_model(tiny["energy"], "cpu", kind="energy")
+    ckpt["ema"] = {n: p.detach() * 0.9 for n, p in model.named_parameters()}
+    torch.save(ckpt, tmp_path / "ema.pt")
+    auto, c_auto = ev.load_weights(str(tmp_path / "ema.pt"), "cpu")
+    raw, c_raw = ev.load_weights(str(tmp_path / "ema.pt"), "cpu", weights="model")
+    assert c_auto["weights"] == "ema" and c_raw["weights"] == "model"
+    for (n, p), q in zip(auto.named_parameters(), raw.parameters()):
+        torch.testing.assert_close(p.detach(), ckpt["ema"][n])
+        torch.testing.assert_close(q.detach(), ckpt["model"][n])
+    assert ev.load_weights(tiny["energy"], "cpu")[1]["weights"] == "model"          # no EMA saved: the raw ones
+    with pytest.raises(ValueError, match="no EMA weights"):
+        ev.load_weights(tiny["energy"], "cpu", weights="ema")
+    common = [f"--data_dir={tiny['data']}", "--max_images=4", "--psnr_images=0", "--device=cpu", f"--out={tmp_path}"]
+    r_auto = ev.main([f"--ckpt={tmp_path / 'ema.pt'}", *common])
+    r_raw = ev.main([f"--ckpt={tmp_path / 'ema.pt'}", "--weights=model", *common])
+    assert r_auto["weights"] == "ema" and r_raw["weights"] == "model" and r_auto["nll_bpd"] != r_raw["nll_bpd"]
+
+
+def test_image_shape_in_the_checkpoint_is_enough(tiny, tmp_path):
+    """A checkpoint whose config has image_shape needs no training data_dir (any working directory)."""
+    path = save_ckpt(tmp_path / "shape.pt", "energy", config=dict(image_shape=[8, 8, 1], data_dir="/nowhere"))
+    r = sample.main([f"--ckpt={path}", "--num_samples=1", "--n_steps=1", "--device=cpu", f"--out={tmp_path}"])
+    assert np.load(tmp_path / "samples.npy").shape == (1, 8, 8, 1) and r["n"] == 1
+    ckpt = torch.load(path, weights_only=True)
+    with pytest.raises(ValueError, match="trained on 8x8x1"):
+        ev.check_images(np.zeros((2, 16, 16, 1), np.uint8), "x.npy", ckpt, path)
 
 
 # ----------------------------------------------------------------------------- sample.py
@@ -234,7 +306,7 @@ def test_sample_command(tiny, capsys):
     saved = json.loads((out / "samples.json").read_text())
     assert saved["nfe_per_sample"] == 10 and 0 <= saved["acceptance"] <= 1 and len(saved["logp_nats"]) == 5
     assert saved["seeds"] == [0, 1, 2, 3, 4] and "mean log p" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="'denoiser' model but a 'energy'"):
+    with pytest.raises(SystemExit, match="'denoiser' model but a 'energy'"):
         sample.main([f"--ckpt={tiny['denoiser']}"])
     with pytest.raises(SystemExit, match="pass --image_size"):
         sample.main([f"--ckpt={tiny['energy']}", f"--out={out}"])
@@ -318,7 +390,7 @@ def test_figure_commands(tiny):
     first, last = (np.load(os.path.join(f, "train.npy")) for f in folders)
     full = np.load(os.path.join(tiny["data"], "train.npy"))
     assert (first == full[:10]).all() and (last == full[-10:]).all()
-    with pytest.raises(ValueError, match="2 N <= 24"):
+    with pytest.raises(SystemExit, match="2 N <= 24"):
         figures.main(["subsets", f"--data_dir={tiny['data']}", "--n_train=13"])
     with pytest.raises(SystemExit, match="usage"):
         figures.main(["fig9"])

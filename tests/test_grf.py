@@ -157,7 +157,8 @@ def test_spectral_analytic_term_is_the_gaussian_log_det():
     U1, g1, dU1 = energy_and_scores(spectral, y, t)
     assert torch.allclose(U1 - U0, 0.5 * torch.log1p(t[:, None] / lam).sum(1), rtol=1e-12)
     assert torch.allclose(dU1 - dU0, 0.5 * (1 / (lam + t[:, None])).sum(1), rtol=1e-10)
-    assert torch.equal(g1, g0)                                                  # no y-dependence
+    assert torch.equal(g1, g0)      # no y-dependence; bit for bit by construction: same weights, and the backward
+    #                                 pass into y runs the same operations (the added term does not touch y)
     # 4 bins for d = 16: each stands for 4 eigenvalues
     _, binned = pair(analytic_term=True, data_spectrum=lam[::4].tolist())
     with torch.no_grad():
@@ -176,7 +177,7 @@ def test_spectrum_survives_json_and_checkpoints(tmp_path):
                tmp_path / "ckpt.pt")
     loaded, _ = load_model(str(tmp_path / "ckpt.pt"), kind="energy")
     y, t = torch.rand(2, 1, 4, 4), torch.tensor([0.0, 3.0])
-    with torch.no_grad():
+    with torch.no_grad():           # bit for bit by construction: the same weights and operations in one process
         assert torch.equal(loaded(y, t), model.eval()(y, t))
 
 

@@ -28,7 +28,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kernels
+import kernels.conv
 from kernels import derivation, group_norm_silu
+from kernels.conv import Conv, conv
 from kernels.reference import group_norm_silu_reference
 from losses import dual_score_matching
 from model import EnergyUNet, UNetConfig
@@ -118,7 +120,7 @@ def check_backend(impl, shape, layout, device="cpu", dtype=torch.float32):
         assert_matches(got, ref, 1e-10, 1e-10)
     else:
         v = x.double().reshape(N, G, -1).var(dim=2, unbiased=False)
-        s_max = derivation.scale(v, 1e-5, preserve_scale, derivatives=False).max().item()
+        s_max = derivation.scale(v, 1e-5, preserve_scale, order=0).max().item()
         assert_matches(got, ref, 1e-4, 1e-3, autograd_all(op("reference"), x, weight, gain, dy, u), 0.1 * max(1.0, s_max))
 
 
@@ -226,6 +228,39 @@ def test_derived_partial_third_order_deterministic():
     check_deterministic("derived")
 
 
+# ---- kernels.conv: the convolution with a two-convolution double backward --------------------
+
+@pytest.mark.parametrize("kind", ["conv", "down", "up"])
+def test_conv_gradgradcheck(kind):
+    """The three convolutions of the UNet against autograd's numerical Jacobians in float64, to
+    second order (gradgradcheck), and equal to the module's own forward."""
+    gen = torch.Generator().manual_seed(0)
+    module = {"conv": torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), "down": torch.nn.Conv2d(3, 4, 2, stride=2, bias=False),
+              "up": torch.nn.ConvTranspose2d(3, 4, 2, stride=2, bias=False)}[kind].double()
+    x = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(conv(x, module), module(x))
+    p = (list(module.stride), list(module.padding), kind == "up", [0, 0])
+    w = module.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, w: Conv.apply(x, w, p), (x, w))
+    assert torch.autograd.gradgradcheck(lambda x, w: Conv.apply(x, w, p), (x, w))
+
+
+def test_conv_skips_unused_weight_grad():
+    """The scores (grad in the input only) do not compute the weight's gradient; .backward() does."""
+    module = torch.nn.Conv2d(2, 2, 3, padding=1, bias=False)
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    calls = []
+    real = kernels.conv._conv_grads
+    kernels.conv._conv_grads = lambda *a: calls.append(a[-1]) or real(*a)
+    try:
+        gx, = torch.autograd.grad(conv(x, module).square().sum(), x, create_graph=True)
+        assert calls == [(True, False)]
+        (gx * x).sum().backward()
+        assert module.weight.grad is not None and x.grad is not None
+    finally:
+        kernels.conv._conv_grads = real
+
+
 # ---- a tiny EnergyUNet: dual-loss parameter gradients and the ODE's Hessian-vector products ----
 
 TINY = dict(channels=1, base_width=4, num_scales=1, layers_per_block=2, emb_dim=16, num_freqs=4, groups=2)
@@ -279,7 +314,7 @@ def test_triton_kernels_in_interpreter():
 
 
 @needs_triton
-@settings(max_examples=8 if CUDA else 16, deadline=None)                # on a GPU each new shape compiles
+@settings(max_examples=8 if CUDA else 12, deadline=None)                # on a GPU each new shape compiles
 @given(shapes, st.sampled_from(LAYOUTS))
 @example((1, 1, 1, 1, 1, False, 0), "contiguous")                    # one value per group: v = 0
 @example((2, 3, 1, 1, 1, True, 0), "expanded")
@@ -367,3 +402,22 @@ def test_triton_kernels_compile_for_sm90():
             if "ptxas" in str(e) and "not found" in str(e):
                 pytest.skip(f"no ptxas: {e}")
             raise
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the CPU mode of the GPU check: CPU-only machines")
+def test_gpu_check_cpu_mode(tmp_path):
+    """kernels/gpu_check.sh --cpu runs every stage of the GPU check at tiny shapes and lists the
+    CUDA-only ones as skipped (~1 min: each stage is a fresh python process)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run(["bash", "kernels/gpu_check.sh", "--cpu", f"--out_dir={tmp_path}"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    summary = (tmp_path / "summary.md").read_text()
+    for stage in ("options of every command (dry run)", "kernels.bench (per pass)", "bench.py (energy vs denoiser step)",
+                  "train.py energy auto fp32", "train.py denoiser auto fp32", "torchrun --nproc_per_node=1 train.py",
+                  "eval.py", "sample.py"):
+        assert f"| {stage} | ok |" in summary, stage
+    assert "| kernel tests compiled for the GPU | SKIPPED | 0 | needs CUDA" in summary
+    assert "SKIPPED kernel tests compiled for the GPU" in r.stdout
+    assert (tmp_path / "kernels_bench.md").exists()

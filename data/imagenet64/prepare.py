@@ -15,6 +15,7 @@ The pickles are unpickled: use only the official files.
 import os
 import pickle
 import sys
+import time
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def convert(files, out_path, count, grayscale, chunk=10_000):
     """Stream the pickles `files` into out_path, a (count, SIDE, SIDE, C) uint8 .npy."""
     tmp = out_path + ".tmp.npy"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, SIDE, SIDE, 1 if grayscale else 3))
-    n = 0
+    n, t0 = 0, time.time()
     try:
         for path in files:
             data = read_pickle(path)
@@ -63,7 +64,9 @@ def convert(files, out_path, count, grayscale, chunk=10_000):
             for i in range(0, len(data), chunk):
                 out[n + i:n + i + len(data[i:i + chunk])] = to_images(data[i:i + chunk], grayscale)
             n += len(data)
-            print(f"{path}: {len(data)} images, {n}/{count}")
+            rate = n / max(time.time() - t0, 1e-9)
+            eta = f"{(count - n) / rate / 60:.1f} min" if rate > 0 else "?"
+            print(f"{path}: {len(data)} images, {n}/{count}, {rate:.0f} images/s, eta {eta}", flush=True)
         if n != count:
             raise ValueError(f"{out_path}: read {n} images, expected {count}: files are missing or truncated")
         out.flush()
