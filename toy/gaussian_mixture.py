@@ -38,10 +38,18 @@ RECIPES = {
     # the paper's Fig. 1 as written: raw MLP outputs, 4 x 256, lr 1e-4 halved every 2000 steps, 20k steps
     "paper": dict(param="raw", width=256, depth=4, steps=20000, lr=1e-4, schedule="halving", lr_halving=2000,
                   time_warmup=0.0, t_max=1e2),
-    # ours: positive precisions around data-initialized scales, a small MLP, lr 1e-3 then linear to 0
-    "ours": dict(param="scaled", width=32, depth=3, steps=2000, lr=1e-3, schedule="linear", lr_halving=2000,
+    # ours: positive precisions around data-initialized scales, a small MLP, lr 1e-3 then linear to 0;
+    # steps from ours_steps(d)
+    "ours": dict(param="scaled", width=16, depth=3, steps=None, lr=1e-3, schedule="linear", lr_halving=2000,
                  time_warmup=0.0, t_max=1e3),
 }
+
+
+def ours_steps(d):
+    """Steps of recipe ours: 1000 for d >= 100, 3000 below. The time term's target has variance 0.5/d
+    per sample, while the constant must be right to the same dB/dim at every d, so small d needs more
+    samples (docs/toy.md: at d = 10, 1000 steps leave 0.125 dB/dim)."""
+    return 1000 if d >= 100 else 3000
 
 # ----------------------------------------------------------------------------------------------
 # the analytic mixture: p(y, t) = sum_k w_k N(0, (s_k^2 + t) I_d)
@@ -433,12 +441,14 @@ def check_config(cfg):
     require(0 <= cfg["time_warmup"] < 1, f"--time_warmup={cfg['time_warmup']}: must be in [0, 1)")
 
 
-def with_recipe(cfg):
-    """The recipe's values for every key left at None."""
+def with_recipe(cfg, d=1000):
+    """The recipe's values for every key left at None (steps of recipe ours: ours_steps(d))."""
     cfg = dict(cfg)
     for key, value in RECIPES[cfg["recipe"]].items():
         if cfg.get(key) is None:
             cfg[key] = value
+    if cfg["steps"] is None:
+        cfg["steps"] = ours_steps(d)
     return cfg
 
 
@@ -515,13 +525,13 @@ def make_figure(path, r, curves, data_r, sigmas, d):
 
 def main(argv=None):
     annotations = {k: (int | None if isinstance(v, int) else float | None if isinstance(v, float) else str | None)
-                   for k, v in RECIPES["ours"].items()}
+                   for k, v in RECIPES["paper"].items()}
     cfg = configure(dict(
         recipe="ours",          # ours | paper: defaults of the keys below marked "(recipe)"
         param=None,             # (recipe) raw: MLP outputs (a_k, b_k); scaled: a_k = exp(o_k) / (2 (v_k + t)), v_k from the data
         width=None,             # (recipe) MLP hidden width
         depth=None,             # (recipe) MLP hidden layers
-        steps=None,             # (recipe) training steps per method
+        steps=None,             # (recipe) training steps per method (ours: 1000 for d >= 100, else 3000)
         lr=None,                # (recipe) Adam learning rate at step 0
         schedule=None,          # (recipe) lr schedule: halving (lr / 2 every lr_halving steps) or linear (to 0 over the second half)
         lr_halving=None,        # (recipe) steps between lr halvings (schedule=halving)
@@ -543,7 +553,8 @@ def main(argv=None):
         ablation="none",        # param=scaled only: quantile_scales (v_k at quantiles (k+0.5)/K) or per_dim_outputs (u_k, w_k not divided by d)
     ), argv, doc=__doc__, annotations={**annotations, "recipe": str})
     require(cfg["recipe"] in RECIPES, f"--recipe={cfg['recipe']}: expected one of {', '.join(RECIPES)}")
-    cfg = with_recipe(cfg)
+    require(cfg["d"] >= 1, f"--d={cfg['d']}: must be >= 1")
+    cfg = with_recipe(cfg, cfg["d"])
     require(cfg["param"] in ("raw", "scaled"), f"--param={cfg['param']}: expected raw or scaled")
     require(cfg["schedule"] in ("halving", "linear"), f"--schedule={cfg['schedule']}: expected halving or linear")
     require(cfg["ablation"] in ("none", "quantile_scales", "per_dim_outputs"),

@@ -1,6 +1,6 @@
 """The toy of Fig. 1 on a grid of Gaussian scale mixtures x seeds, both recipes (docs/toy.md, "Sweep").
 
-    python toy/sweep.py                                   # the grid of docs/toy.md -> results/toy/sweep/
+    nice -n 10 python toy/sweep.py --workers=1            # the grid of docs/toy.md -> results/toy/sweep/
     python toy/sweep.py --ds=100 --seeds=0 --recipes=ours --out=out/sweep_small      # a quick look
     python toy/sweep.py --report_only=True                # table + figure from results/toy/sweep/jobs/
 
@@ -28,6 +28,7 @@ from toy import gaussian_mixture as gm
 
 TARGET_DB = 0.1                 # dual SM, our recipe: max |log p - log p*| on the support, every cell
 SWITCH_TOL = 0.05               # |switch radius - truth|, two-component mixtures
+FLOOR_DB = 1e-4                 # the figure's lowest error (the results round to 4 decimals)
 
 
 def grid(cfg):
@@ -59,38 +60,47 @@ def jobs(cfg):
         seeds = cfg["seeds"] if recipe == "ours" else cfg["paper_seeds"]
         mixtures = grid(cfg) if recipe == "ours" else paper_cells(cfg)
         for K in (2, 3):
-            cells = [(d, s, w, seed) for d, s, w in mixtures if len(s) == K for seed in seeds]
-            for i in range(0, len(cells), cfg["batch_cells"]):
-                chunk = cells[i: i + cfg["batch_cells"]]
-                runs = [gm.make_run(d, s, w, seed, m) for d, s, w, seed in chunk for m in ("single", "dual")]
-                out.append((f"{recipe}_K{K}_{i // cfg['batch_cells']:02d}", recipe, runs))
+            for small in (False, True):             # recipe ours trains d < 100 longer (gm.ours_steps)
+                cells = [(d, s, w, seed) for d, s, w in mixtures if len(s) == K and (d < 100) == small for seed in seeds]
+                size = cfg["batch_cells"] if recipe == "ours" else 1          # recipe paper: one cell per batch
+                for i in range(0, len(cells), size):
+                    chunk = cells[i: i + size]
+                    methods = ("single", "dual") if recipe == "ours" else cfg["paper_methods"]
+                    runs = [gm.make_run(d, s, w, seed, m) for d, s, w, seed in chunk for m in methods]
+                    if recipe == "ours":
+                        name = f"ours_K{K}_{'small_d_' if small else ''}{i // size:02d}"
+                    else:                                                    # named by its cell and methods
+                        d, s, w, seed = chunk[0]
+                        name = (f"paper_d{d}_s{'-'.join(f'{v:g}' for v in s)}_w{'-'.join(f'{v:g}' for v in w)}"
+                                f"_seed{seed}_{'-'.join(methods)}")
+                    out.append((name, recipe, runs))
     return out
 
 
-def train_cfg(cfg, recipe):
-    """The toy's config of one recipe (its defaults, then the sweep's shared keys)."""
+def train_cfg(cfg, recipe, d=1000):
+    """The toy's config of one recipe at dimension d (its defaults, then the sweep's shared keys)."""
     keys = dict(recipe=recipe, param=None, width=None, depth=None, steps=None, lr=None, schedule=None,
                 lr_halving=None, time_warmup=None, t_max=None)
     steps = cfg["steps"] if recipe == "ours" else cfg["paper_steps"]
     if steps is not None:
         keys["steps"] = steps
     shared = {k: cfg[k] for k in ("time_weight", "n_data", "batch_size", "t_min", "t_eval", "n_norm", "log_every")}
-    return gm.with_recipe({**keys, **shared})
+    return gm.with_recipe({**keys, **shared}, d)
 
 
 def run_job(job):
     """Train and evaluate one batch; write OUT/jobs/<name>.json. Returns its path."""
     name, recipe, runs, cfg = job
     torch.set_num_threads(1)
-    tcfg = train_cfg(cfg, recipe)
-    t0 = time.time()
+    tcfg = train_cfg(cfg, recipe, min(r["d"] for r in runs))
+    t0, c0 = time.time(), time.process_time()
     model, data, d = gm.fit(runs, tcfg, log=lambda s: print(f"[{name}] {s}", flush=True), name=f"{len(runs)} runs")
     evals, _ = gm.evaluate(model, data, d, runs, tcfg)
     seconds = time.time() - t0
     path = os.path.join(cfg["out"], "jobs", f"{name}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(dict(name=name, recipe=recipe, config=tcfg, seconds=round(seconds, 1),
-                       cpu_seconds=round(time.process_time(), 1), runs=runs, evals=evals), f)
+                       cpu_seconds=round(time.process_time() - c0, 1), runs=runs, evals=evals), f)
     os.replace(path + ".tmp", path)
     print(f"[{name}] done: {len(runs)} runs in {seconds:.0f} s", flush=True)
     return path
@@ -125,6 +135,8 @@ def report(cfg):
                                                                                        kv[0][2], kv[0][3], kv[0][1])):
         per_seed = []
         for seed, m in sorted(seeds.items()):
+            if "single" not in m:                   # a recipe run for dual SM only
+                m = {**m, "single": {"model": {"max_err_support_db": float("nan")}, "refit": {"max_err_support_db": float("nan")}}}
             dual, single = m["dual"]["model"], m["single"]["model"]
             truth_r = m["dual"]["truth_switch_radius"]
             entry = dict(recipe=recipe, d=d, sigmas=list(sigmas), weights=list(weights), seed=seed,
@@ -154,21 +166,23 @@ def report(cfg):
         ours_ratio_min=min((e["ratio"] for e in ours), default=None),
         ours_ratio_at_least_10=sum(e["ratio"] >= 10 for e in ours),
         wall_seconds_sum_of_batches=round(sum(r["seconds"] for r in records), 1),
-        cpu_seconds_sum_of_batches=round(sum(r["cpu_seconds"] for r in records), 1),
         batches={r["name"]: dict(runs=len(r["runs"]), seconds=r["seconds"], steps=r["config"]["steps"]) for r in records},
     )
+    nan_to_none = lambda e: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in e.items()}
     with open(os.path.join(cfg["out"], "sweep.json"), "w") as f:
-        json.dump(dict(summary=summary, cells=flat), f, indent=1)
-    lines = ["| recipe | d | sigmas \\| weights | seeds | dual max err (worst seed) | single max err (best seed) | "
+        json.dump(dict(summary=summary, cells=[nan_to_none(e) for e in flat]), f, indent=1)
+    lines = ["| recipe | d | sigmas | weights | seeds | dual max err (worst seed) | single max err (best seed) | "
              "single / dual (min) | single re-fitted (best seed) | dual switch r per seed (truth) | min a_k (dual) |",
-             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+             "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         sw = "—" if r["truth_switch"] is None or len(r["sigmas"]) != 2 else \
             f"{', '.join('none' if s is None else f'{s:.3f}' for s in r['switch'])} ({r['truth_switch']:.3f})" + \
             ("" if r["switch_ok"] else " **off**")
         flag = "" if r["dual"] <= TARGET_DB else " **>0.1**"
+        ran = not math.isnan(r["single"])                   # recipe paper may run dual SM only
+        single = f"{r['single']:.2f} | {r['ratio']:.0f}x | {r['refit']:.3f}" if ran else "not run | — | not run"
         lines.append(f"| {r['recipe']} | {r['d']} | {fmt_mix(r['sigmas'], r['weights'])} | {','.join(map(str, r['seeds']))} "
-                     f"| {r['dual']:.3f}{flag} | {r['single']:.2f} | {r['ratio']:.0f}x | {r['refit']:.3f} | {sw} | {r['min_a']:.2g} |")
+                     f"| {r['dual']:.3f}{flag} | {single} | {sw} | {r['min_a']:.2g} |")
     steps = {rec: sorted({r["config"]["steps"] for r in records if r["recipe"] == rec}) for rec in ("ours", "paper")}
     head = (f"Errors: max |log p - log p*| on the support (radii within 10% of a sigma), dB/dim, at t = {cfg['t_eval']}; "
             f"single / dual: the smallest ratio over seeds. Steps per method: ours {steps['ours']}, paper {steps['paper']}. "
@@ -189,24 +203,24 @@ def figure(flat, path):
 
     mixtures = sorted({(len(e["sigmas"]), tuple(e["sigmas"]), tuple(e["weights"]), e["d"]) for e in flat})
     index = {m: i for i, m in enumerate(mixtures)}
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(mixtures) + 3), 5))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(mixtures) + 3), 5.5))
     styles = [("ours", "dual_max_db", "tab:blue", "o", "dual SM, ours"), ("ours", "single_max_db", "tab:red", "x", "single SM, ours"),
               ("ours", "single_refit_max_db", "tab:orange", "+", "single SM re-fitted, ours"),
               ("paper", "dual_max_db", "tab:cyan", "s", "dual SM, paper recipe"),
               ("paper", "single_max_db", "tab:pink", "D", "single SM, paper recipe")]
     for recipe, key, color, marker, label in styles:
-        pts = [(index[(len(e["sigmas"]), tuple(e["sigmas"]), tuple(e["weights"]), e["d"])] + 0.08 * (e["seed"] - 1), e[key])
-               for e in flat if e["recipe"] == recipe]
+        pts = [(index[(len(e["sigmas"]), tuple(e["sigmas"]), tuple(e["weights"]), e["d"])] + 0.08 * (e["seed"] - 1),
+                max(e[key], FLOOR_DB)) for e in flat if e["recipe"] == recipe]
         if pts:
             ax.scatter(*zip(*pts), color=color, marker=marker, s=22, label=label, alpha=0.85, zorder=3)
     ax.axhline(TARGET_DB, color="k", ls="--", lw=1, label="target 0.1 dB/dim")
     ax.set_yscale("log")
     ax.set_xticks(range(len(mixtures)))
-    ax.set_xticklabels([f"d={m[3]}\n{','.join(f'{s:g}' for s in m[1])}\n{','.join(f'{w:.2g}' for w in m[2])}"
-                        for m in mixtures], fontsize=6)
-    ax.set_ylabel("max |log p - log p*| on the support [dB/dim]")
+    weights = lambda w: "equal" if max(w) - min(w) < 1e-9 else ",".join(f"{v:.2g}" for v in w)
+    ax.set_xticklabels([f"d={m[3]}\n{','.join(f'{s:g}' for s in m[1])}\n{weights(m[2])}" for m in mixtures], fontsize=6)
+    ax.set_ylabel(f"max |log p - log p*| on the support [dB/dim]\n(below {FLOOR_DB:g}: drawn at {FLOOR_DB:g})")
     ax.set_title("Gaussian scale mixtures: error of the normalized log p per cell (points: seeds)")
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -222,9 +236,10 @@ def main(argv=None):
         weights3=(0.2, 0.3, 0.5),                   # the unequal weights of three-component mixtures
         seeds=(0, 1, 2),                            # seeds, recipe ours
         paper_seeds=(0,),                           # seeds, recipe paper (its runs cost ~6x ours per step)
-        paper_cells="1000:1,4:0.5,0.5;1000:1,2:0.2,0.8",  # mixtures of recipe paper, d:sigmas:weights separated by ;
+        paper_cells="1000:1,2:0.2,0.8;1000:1,4:0.5,0.5",  # mixtures of recipe paper, d:sigmas:weights separated by ;
         steps=None,                                 # steps per method of recipe ours (None: the recipe's)
         paper_steps=6000,                           # steps per method of recipe paper (None: its 20000)
+        paper_methods=("dual",),                    # methods of recipe paper (single,dual doubles its cost)
         batch_cells=12,                             # cells (mixture x seed) trained side by side in one process
         workers=2,                                  # parallel processes
         time_weight=1.0,                            # weight of the time term in dual SM
@@ -236,7 +251,7 @@ def main(argv=None):
         log_every=500,                              # steps between progress lines
         out="results/toy/sweep",                    # output folder
         report_only=False,                          # True: only rebuild the table and figure from OUT/jobs/
-    ), argv, doc=__doc__, annotations={"paper_steps": int | None, "steps": int | None, "recipes": tuple[str, ...], "sigma_sets": str})
+    ), argv, doc=__doc__, annotations={"paper_steps": int | None, "steps": int | None, "paper_methods": tuple[str, ...], "recipes": tuple[str, ...], "sigma_sets": str})
     require(set(cfg["recipes"]) <= set(gm.RECIPES), f"--recipes={','.join(cfg['recipes'])}: expected some of {', '.join(gm.RECIPES)}")
     try:
         mixtures = grid(cfg)
@@ -259,6 +274,8 @@ def main(argv=None):
     for key in ("steps", "paper_steps"):
         require(cfg[key] is None or cfg[key] >= 1, f"--{key}={cfg[key]}: must be >= 1 or None")
     require(cfg["batch_cells"] >= 1 and cfg["workers"] >= 1, "--batch_cells and --workers must be >= 1")
+    require(cfg["paper_methods"] and set(cfg["paper_methods"]) <= {"single", "dual"},
+            f"--paper_methods={','.join(cfg['paper_methods'])}: expected single, dual or single,dual")
     for recipe in cfg["recipes"]:
         gm.check_config(train_cfg(cfg, recipe))
     os.makedirs(os.path.join(cfg["out"], "jobs"), exist_ok=True)
