@@ -17,6 +17,9 @@ python data/patches/prepare.py
 # ----------------------------------------------------------------------------- the mechanism, and AIS on an exact energy
 python results/cpu/normalization/mechanism.py                     # -> mechanism.json
 python results/cpu/normalization/ais_exact_grf.py                 # -> ais_exact_grf.json
+for data in patches grf; do                                       # the stationary Gaussian alone on val
+    python results/cpu/normalization/stationary_gaussian.py --data_dir=data/$data > results/cpu/normalization/stationary_gaussian_$data.json
+done
 
 # ----------------------------------------------------------------------------- trainings
 GRF="--preset=cpu --data_dir=data/grf --max_steps=1000 --lr_halve_every=400 --eval_interval=500 --ckpt_interval=500"
