@@ -20,6 +20,7 @@ python results/cpu/normalization/ais_exact_grf.py                 # -> ais_exact
 for data in patches grf; do                                       # the stationary Gaussian alone on val
     python results/cpu/normalization/stationary_gaussian.py --data_dir=data/$data > results/cpu/normalization/stationary_gaussian_$data.json
 done
+python results/cpu/normalization/stationary_gaussian.py --data_dir=data/patches --max_images=1024 > results/cpu/normalization/stationary_gaussian_patches_1024.json
 
 # ----------------------------------------------------------------------------- trainings
 GRF="--preset=cpu --data_dir=data/grf --max_steps=1000 --lr_halve_every=400 --eval_interval=500 --ckpt_interval=500"

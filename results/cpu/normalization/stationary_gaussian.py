@@ -19,10 +19,12 @@ from model import StationaryGaussian                    # noqa: E402
 
 cfg = configure(dict(data_dir="data/patches",           # dataset folder with train.npy and val.npy
                      spectrum_images=50_000,            # training images of the fit (train.py's default)
-                     floor=1e-4),                       # spectrum floor (train.py's spectrum_floor)
+                     floor=1e-4,                        # spectrum floor (train.py's spectrum_floor)
+                     max_images=-1),                    # first N validation images; -1 = all
                 sys.argv[1:], doc=__doc__, source_file=__file__)
 train, quantized = load_split(cfg["data_dir"], "train")
 val, _ = load_split(cfg["data_dir"], "val")
+val = val if cfg["max_images"] < 0 else val[:cfg["max_images"]]
 mean, P, n = stationary_spectrum(train, cfg["spectrum_images"], cfg["floor"])
 H, W, C = train.shape[1:]
 G = StationaryGaussian(C, (H, W)).double()
