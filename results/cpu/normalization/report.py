@@ -20,7 +20,7 @@ def fmt(v, spec=".3f"):
 print("| run | one-pass NLL | certified NLL (AIS, S levels) | one-pass - certified | ESS / chains | "
       "certified NLL (2S levels) | MALA acc. min |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grf_old", "grf_new", "patches_old", "patches_new"):
+for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b025"):
     a, b = load(run, "ais128.json"), load(run, "ais256.json")
     e = a or load(run, "eval.json")
     if e is None:
@@ -35,7 +35,7 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new"):
 print()
 print("| run | shift -16 | shift +16 | contrast x64 | noise std 16 | direction +16 | at t = 1e3: shift +16 |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grf_old", "grf_new", "patches_old", "patches_new"):
+for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b025"):
     p = load(run, "probes.json")
     if p is None:
         continue
@@ -54,7 +54,7 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new"):
 print()
 print("| run | log p samples (dB/dim) | log p validation | pixel mean / std samples | validation | exact NLL of samples | entropy |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grf_old", "grf_new", "patches_old", "patches_new"):
+for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b025"):
     s = load(run, "samples.json")
     if s is None or "check" not in s:
         continue
@@ -68,7 +68,7 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new"):
 print()
 print("| run | denoised PSNR (dB) at input 90 75 60 45 30 15 0 -15 -30 |")
 print("|---|---|")
-for run in ("patches_old", "patches_new", "grf_old", "grf_new"):
+for run in ("patches_old", "patches_new", "patches_new_b025", "grf_old", "grf_new"):
     e = load(run, "ais128.json") or load(run, "eval.json")
     if e and "psnr" in e:
         print(f"| {run} | " + " ".join(f"{v:.2f}" for v in e["psnr"]["energy"]) + " |")

@@ -29,30 +29,34 @@ $N train.py --preset=cpu $OLD --out_dir=$R/patches_old
 $N train.py $GRF --out_dir=$R/grf_new
 $N train.py --preset=cpu --out_dir=$R/patches_new
 
-# ----------------------------------------------------------------------------- evaluations
-ev() { name=$1; data=$2; shift 2; $N eval.py --ckpt=$R/$name/ckpt.pt --data_dir=data/$data "$@"; }
-P="--max_images=1024 --psnr_images=256"
-ev patches_new patches $P --ais_chains=32 --ais_steps=128 --out=$R/patches_new/ais128
-$N figures.py probes --ckpt=$R/patches_new/ckpt.pt --data_dir=data/patches --const_images=1024 --out=$R/patches_new
-ev grf_new grf --psnr_images=256 --n_draws=4 --ais_chains=64 --ais_steps=128 --out=$R/grf_new/ais128
-$N figures.py probes --ckpt=$R/grf_new/ckpt.pt --data_dir=data/grf --const_images=2000 --out=$R/grf_new
-$N sample.py --ckpt=$R/grf_new/ckpt.pt --data_dir=data/grf --num_samples=64 --n_steps=128 --mala_steps=1 --out=$R/grf_new/samples
-ev grf_old grf --psnr_images=256 --n_draws=4 --ais_chains=64 --ais_steps=128 --out=$R/grf_old/ais128
-$N figures.py probes --ckpt=$R/grf_old/ckpt.pt --data_dir=data/grf --const_images=2000 --out=$R/grf_old
-$N sample.py --ckpt=$R/grf_old/ckpt.pt --data_dir=data/grf --num_samples=64 --n_steps=128 --mala_steps=1 --out=$R/grf_old/samples
-$N figures.py probes --ckpt=$R/patches_old/ckpt.pt --data_dir=data/patches --const_images=1024 --out=$R/patches_old
-ev patches_old patches $P --out=$R/patches_old/eval
-$N sample.py --ckpt=$R/patches_new/ckpt.pt --data_dir=data/patches --num_samples=32 --n_steps=128 --mala_steps=1 --out=$R/patches_new/samples
-$N sample.py --ckpt=$R/patches_old/ckpt.pt --data_dir=data/patches --num_samples=32 --n_steps=128 --mala_steps=1 --out=$R/patches_old/samples
-# doubling the AIS levels
-ev patches_new patches --max_images=1024 --psnr_images=0 --ais_chains=32 --ais_steps=256 --out=$R/patches_new/ais256
-ev grf_new grf --psnr_images=0 --n_draws=4 --ais_chains=64 --ais_steps=256 --out=$R/grf_new/ais256
-ev grf_old grf --psnr_images=0 --n_draws=4 --ais_chains=64 --ais_steps=256 --out=$R/grf_old/ais256
-ev patches_old patches --max_images=1024 --psnr_images=0 --ais_chains=32 --ais_steps=128 --out=$R/patches_old/ais128
-$N train.py --preset=cpu --time_weight=0 --out_dir=$R/patches_new_single   # single SM, the new energy
+# ----------------------------------------------------------------------------- evaluations (in this order)
+ev() { name=$1; data=$2; out=$3; shift 3; $N eval.py --ckpt=$R/$name/ckpt.pt --data_dir=data/$data --out=$R/$name/$out "$@"; }
+pr() { $N figures.py probes --ckpt=$R/$1/ckpt.pt --data_dir=data/$2 --const_images=$3 --out=$R/$1; }
+sa() { $N sample.py --ckpt=$R/$1/ckpt.pt --data_dir=data/$2 --num_samples=$3 --n_steps=128 --mala_steps=1 --out=$R/$1/samples; }
+ev patches_new patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
+pr patches_new patches 1024
+ev grf_new grf ais128 --psnr_images=128 --n_draws=4 --ais_chains=32 --ais_steps=128
+pr grf_new grf 2000
+ev grf_old grf ais128 --psnr_images=128 --n_draws=4 --ais_chains=32 --ais_steps=128
+pr grf_old grf 2000
+pr patches_old patches 1024
+ev patches_old patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
+sa grf_new grf 64
+sa grf_old grf 64
+ev patches_new patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256     # doubling
+ev grf_new grf ais256 --psnr_images=0 --n_draws=4 --ais_chains=32 --ais_steps=256
+sa patches_new patches 16
+# a tighter bound on the network term, B = 0.25 nats/dim (the AIS of patches_new showed mass off the data)
+$N train.py --preset=cpu --energy_bound=0.25 --out_dir=$R/patches_new_b025
+ev patches_new_b025 patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
+pr patches_new_b025 patches 1024
+sa patches_old patches 16
+ev grf_old grf ais256 --psnr_images=0 --n_draws=4 --ais_chains=32 --ais_steps=256
+ev patches_new_b025 patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256
+ev patches_old patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256
 
 # ----------------------------------------------------------------------------- small files into the repo
-for run in grf_old grf_new patches_old patches_new; do
+for run in grf_old grf_new patches_old patches_new patches_new_b025; do
     mkdir -p results/cpu/normalization/$run
     cp $R/$run/log.jsonl $R/$run/probes.json $R/$run/probes.png results/cpu/normalization/$run/ 2>/dev/null || true
     for sub in ais128 ais256 eval; do
