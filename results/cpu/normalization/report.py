@@ -46,7 +46,7 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b02
 
         def rise(name, amount, key="t=0"):
             a = r[name]["amounts"]
-            base = a.index(0) if 0 in a else a.index(1)
+            base = a.index(1 if name == "contrast" else 0)        # the unmoved images
             return r[name][key][a.index(amount)] - r[name][key][base]
         print(f"| {run} ({who}) | {rise('shift', -16):+.2f} | {rise('shift', 16):+.2f} | {rise('contrast', 64):+.2f} | "
               f"{rise('noise', 16):+.2f} | {rise('direction', 16):+.2f} | {rise('shift', 16, 't=1000'):+.3f} |")
