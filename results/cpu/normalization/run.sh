@@ -55,6 +55,10 @@ ev grf_old grf ais256 --psnr_images=0 --n_draws=4 --ais_chains=32 --ais_steps=25
 ev patches_new_b025 patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256
 ev patches_old patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256
 
+for run in patches_new patches_new_b025; do    # plain importance sampling from the model's own Gaussian, t = 0
+    python results/cpu/normalization/is_check.py --ckpt=$R/$run/ckpt.pt > results/cpu/normalization/$run/is_check.json
+done
+
 # ----------------------------------------------------------------------------- small files into the repo
 for run in grf_old grf_new patches_old patches_new patches_new_b025; do
     mkdir -p results/cpu/normalization/$run
