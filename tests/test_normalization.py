@@ -365,3 +365,6 @@ def test_eval_certifies_a_model_that_is_exactly_its_gaussian(tmp_path):
     assert abs(r["log_norm_const"] - r["ais_log_z"]) < 4 * r["log_norm_const_stderr"]
     assert r["ais_nfe_per_chain"] == 1 + 16 + 15 and r["ais_chains"] == 16
     assert r["ais_delta_bpd"] == pytest.approx((r["log_norm_const"] - r["ais_log_z"]) / (64 * math.log(2)))
+    # the bracket of the energy bound holds the certified NLL, and is 2 B / ln 2 bits/dim wide
+    assert r["bracket_nll_bpd_lo"] < r["ais_nll_bpd"] < r["bracket_nll_bpd_hi"]
+    assert r["bracket_nll_bpd_hi"] - r["bracket_nll_bpd_lo"] == pytest.approx(2 / math.log(2))
