@@ -13,8 +13,8 @@ def load(run, name):
     return json.load(open(path)) if os.path.isfile(path) else None
 
 
-def fmt(v, spec=".3f"):
-    return "n/a" if v is None else format(v, spec)
+def fmt(v, pattern=".3f"):
+    return "n/a" if v is None else format(v, pattern)
 
 
 print("| run | one-pass NLL | certified NLL (AIS, S levels) | one-pass - certified | ESS / chains | "
