@@ -340,11 +340,9 @@ def test_probes_rise_for_random_confining_models_and_match_the_bound():
                     assert a1 > a0, (seed, name)
 
 
-def test_eval_certifies_a_model_that_is_exactly_its_gaussian(tmp_path):
-    """A new-default model with the last conv at zero IS its Gaussian term: AIS with the Gaussian transport
-    must return log Z_G (every weight equal: ESS = K), and the one-pass constant c must agree with it
-    within its standard error. End to end through eval.py's command line."""
-    import eval as eval_script
+def gaussian_checkpoint(tmp_path):
+    """(model, checkpoint path, data folder): a new-default model with the last conv at zero, fitted to
+    200 random 8x8 fields, saved as train.py would."""
     cfg = UNetConfig(channels=1, base_width=4, num_scales=2, layers_per_block=2, emb_dim=8, num_freqs=4,
                      t_embedding="log", scale_energy=True, data_var=0.04, gaussian_term=True, image_size=(8, 8),
                      energy_bound=1.0, zero_init_out=True)
@@ -358,6 +356,15 @@ def test_eval_certifies_a_model_that_is_exactly_its_gaussian(tmp_path):
     model.set_gaussian(mean, P)
     torch.save({"model": model.state_dict(), "model_config": cfg.to_dict(), "kind": "energy", "step": 1,
                 "config": {"data_dir": str(data)}}, tmp_path / "ckpt.pt")
+    return model, tmp_path / "ckpt.pt", data
+
+
+def test_eval_certifies_a_model_that_is_exactly_its_gaussian(tmp_path):
+    """A new-default model with the last conv at zero IS its Gaussian term: AIS with the Gaussian transport
+    must return log Z_G (every weight equal: ESS = K), and the one-pass constant c must agree with it
+    within its standard error. End to end through eval.py's command line."""
+    import eval as eval_script
+    model, _, data = gaussian_checkpoint(tmp_path)
     r = eval_script.main([f"--ckpt={tmp_path / 'ckpt.pt'}", f"--data_dir={data}", "--psnr_images=0", "--device=cpu",
                           "--ais_chains=16", "--ais_steps=16", "--n_draws=4", f"--out={tmp_path}"])
     assert abs(r["ais_log_z"] - model.gaussian.log_z()) < 1e-3 * abs(model.gaussian.log_z())
@@ -368,3 +375,19 @@ def test_eval_certifies_a_model_that_is_exactly_its_gaussian(tmp_path):
     # the bracket of the energy bound holds the certified NLL, and is 2 B / ln 2 bits/dim wide
     assert r["bracket_nll_bpd_lo"] < r["ais_nll_bpd"] < r["bracket_nll_bpd_hi"]
     assert r["bracket_nll_bpd_hi"] - r["bracket_nll_bpd_lo"] == pytest.approx(2 / math.log(2))
+
+
+def test_figures_probes_command(tmp_path):
+    """figures.py probes writes its figure and numbers; for a model that is exactly its Gaussian term the
+    model's curves and the Gaussian's coincide (both normalized: c from the data vs the exact log Z_G)."""
+    import figures
+    model, ckpt, data = gaussian_checkpoint(tmp_path)
+    r = figures.main(["probes", f"--ckpt={ckpt}", f"--data_dir={data}", "--max_images=8", "--const_images=64",
+                      "--n_draws=4", "--device=cpu", f"--out={tmp_path / 'p'}"])
+    for ext in ("png", "pdf", "json"):
+        assert (tmp_path / "p" / f"probes.{ext}").stat().st_size > 0
+    assert set(r["model"]) == {"shift", "contrast", "noise", "direction"}
+    for name in r["model"]:
+        for key in ("t=0", "t=1000"):
+            a, g = np.array(r["model"][name][key]), np.array(r["gaussian"][name][key])
+            assert np.abs(a - g).max() < 0.05, (name, key)           # c vs log Z_G: within the error of c
