@@ -1,19 +1,23 @@
 """The normalization certificate: log Z(0) = log int exp(-U(y, 0)) dy by annealed importance sampling along t
-(docs/normalization.md), and the Metropolis-adjusted Langevin step that it and sample.py share.
+(docs/normalization.md §4), and the Metropolis-adjusted Langevin step that it and sample.py share.
 
     y ~ N(m, Sigma + t_0 I)                          a Gaussian with an exact normalizer Z_G (model.StationaryGaussian:
                                                      the model's own Gaussian term, else one fitted to the data)
     log w  = -U(y, t_0) - log N(y; m, Sigma + t_0 I)      so E[w] = Z(t_0)
     for k = 1 .. K   (t_0 = t_max > t_1 > ... > t_K = 0):
-        log w += U(y, t_{k-1}) - U(y, t_k)           E[w] = Z(t_k) stays true ...
-        y <- MALA moves leaving exp(-U(., t_k)) invariant   ... because the moves keep the level's density
+        y <- T_k y = m + (Sigma + t_k I)^(1/2) (Sigma + t_{k-1} I)^(-1/2) (y - m)     (transport=True)
+        log w += U(y_before, t_{k-1}) - U(T_k y_before, t_k) + log det T_k           E[w] = Z(t_k) stays true ...
+        y <- MALA moves leaving exp(-U(., t_k)) invariant                              ... the moves keep the level
     log Z_AIS(0) = log mean_chains w,   standard error from the spread of w (delta method), ESS = (sum w)^2 / sum w^2
 
-The grid t_k takes equal steps of the reference Gaussian's thermodynamic length, int sqrt(g(t)) dt with
-g(t) = 1/2 sum_j 1 / (e_j + t)^2 (the variance of the exact Gaussian's weight increment per unit t^2), so
-every level adds about the same variance to log w, ~ L^2 / K^2. The MALA moves are preconditioned by
-M = Sigma + t_k I (exact for the Gaussian: it becomes an isotropic target), step h (dimensionless).
-AIS only sees the modes its chains reach: it certifies Z where the probes (figures.py probes) show confinement.
+T_k is invertible, so E over y ~ p(., t_{k-1}) of exp(-U(T_k y, t_k)) det T_k / exp(-U(y, t_{k-1})) is
+Z(t_k) / Z(t_{k-1}) (change of variables): the estimator stays unbiased for Z, and for the Gaussian itself
+T_k is exact, so the weights only carry what the energy adds to its Gaussian. transport=False is plain AIS
+along t (T_k = identity), which needs far more levels. The grid t_k takes equal steps of the reference
+Gaussian's thermodynamic length, int sqrt(g(t)) dt with g(t) = 1/2 sum_j 1 / (e_j + t)^2 (the variance of
+the Gaussian's weight increment per unit t^2). The MALA moves are preconditioned by M = Sigma + t_k I, step
+h = step * d^(-1/3). AIS only sees the modes its chains reach: it certifies Z where the probes
+(figures.py probes) show confinement.
 """
 import copy
 import math

@@ -13,6 +13,8 @@ Writes OUT/results.json (OUT defaults to the checkpoint's folder) and prints a s
     psnr                        Table 1: output PSNR of x_hat = y - t grad_y U (and of a denoiser)
     ode_*                       the probability-flow ODE likelihood of the same score, on the
                                 first ode_images images: an independent check of the one-pass NLL
+    bracket_nll_bpd_lo/hi       a model with a Gaussian term and energy_bound B: the true NLL lies in
+                                (mean U(x, 0) + log Z_G -+ B d) / (d ln 2), whatever the training did
     ais_*                       the normalization certificate (ais.py, docs/normalization.md): log Z(0) by
                                 annealed importance sampling along t, the NLL it certifies, U(x, 0) + log Z_AIS,
                                 and ais_delta_bpd = one-pass NLL - certified NLL = (c - log Z_AIS) / (d ln 2)
@@ -456,6 +458,14 @@ def main(argv):
                               nfe_per_image=4 * config["ode_steps"], probes=config["ode_probes"], t_min=config["ode_t_min"],
                               seconds=ode_s, time_ratio=ode_s / (onepass_s * len(x_ode) / len(images)))
 
+    if getattr(model, "gaussian", None) is not None and model.config.energy_bound is not None:
+        # docs/method.md §9: |log Z(0) - log Z_G| <= B d, so the true NLL lies in this bracket, no sampling needed
+        mean_U0 = float(np.mean(-logp - c))
+        to_bpd, offset = 1 / (d * math.log(2)), (8.0 if quantized else 0.0)
+        log_z_g, slack = model.gaussian.log_z(), model.config.energy_bound * d
+        results.update(bracket_nll_bpd_lo=(mean_U0 + log_z_g - slack) * to_bpd + offset,
+                       bracket_nll_bpd_hi=(mean_U0 + log_z_g + slack) * to_bpd + offset,
+                       gaussian_normalized_nll_bpd=(mean_U0 + log_z_g) * to_bpd + offset, log_z_gaussian=log_z_g)
     if config["ais_chains"] > 0:
         results.update(certify(model, logp, c, d, quantized, config, device))
     if "RANK" in os.environ and int(os.environ["RANK"]) != 0:
@@ -526,6 +536,9 @@ def print_table(r, path):
               f"{o['onepass_nll_bpd']:.4f}; ODE - one-pass = {o['minus_onepass_bpd']:.4f} +- "
               f"{o['minus_onepass_bpd_stderr']:.4f}), {o['nfe_per_image']} evaluations/image, "
               f"{o['time_ratio']:.0f}x the one-pass time")
+    if "bracket_nll_bpd_lo" in r:
+        print(f"NLL bracket      = [{r['bracket_nll_bpd_lo']:.4f}, {r['bracket_nll_bpd_hi']:.4f}] {unit} by the energy bound "
+              f"(|log Z(0) - log Z_G| <= B d; normalized by Z_G: {r['gaussian_normalized_nll_bpd']:.4f})")
     if "ais_log_z" in r:
         print(f"AIS ({r['ais_chains']} chains x {r['ais_levels']} levels, {r['ais_nfe_per_chain']} evaluations/chain, "
               f"ESS {r['ais_ess']:.1f}, MALA acceptance min {r['ais_acceptance_min']:.2f} mean {r['ais_acceptance_mean']:.2f}): "

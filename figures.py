@@ -120,12 +120,12 @@ def fig_probes(model, c, images, quantized, out, batch_size=256, device="cpu", s
         numbers["gaussian"] = probes(model.gaussian, x, model.gaussian.log_z(), quantized, generator=g)
     fig, axes = plt.subplots(1, len(PROBES), figsize=(4 * len(PROBES), 3.4))
     for ax, name in zip(axes, PROBES):
-        for who, style in (("model", "-"), ("gaussian", ":")):
+        for who, line in (("model", "-"), ("gaussian", ":")):
             if who not in numbers:
                 continue
             r = numbers[who][name]
             for key, colour in zip([k for k in r if k.startswith("t=")], ("C0", "C3")):
-                ax.plot(r["amounts"], r[key], style, color=colour, marker="o", ms=3, label=f"{who}, {key}")
+                ax.plot(r["amounts"], r[key], line, color=colour, marker="o", ms=3, label=f"{who}, {key}")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_yscale("symlog", linthresh=10)
         ax.set_title(name)

@@ -319,3 +319,75 @@ def test_ais_recovers_log_z_of_a_non_gaussian_energy_known_by_quadrature():
         log_z, se, ess = summarize(log_w.numpy())
         assert se < max_se, (transport, se)
         assert abs(log_z - log_z_true) < 3 * se, (transport, log_z, log_z_true, se)
+
+
+def test_probes_rise_for_random_confining_models_and_match_the_bound():
+    """eval.probes on randomly initialized new-default models: along every probe, at t = 0 and t_max, -log p
+    at the far end exceeds the data's, and the rise is at least the Gaussian term's rise minus 2 B / ln 2 bits/dim."""
+    from eval import probes
+    for seed in range(2):
+        model = confining_model(seed)
+        x = (0.5 + 0.2 * torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+        far = dict(shift=(0, 16), contrast=(1, 64), noise=(0, 16), direction=(0, 16))
+        r = probes(model, x, 0.0, False, amounts=far, generator=torch.Generator().manual_seed(1))
+        rg = probes(model.gaussian, x, 0.0, False, amounts=far, generator=torch.Generator().manual_seed(1))
+        slack = 2 * model.config.energy_bound / math.log(2)
+        for name in far:
+            for key in ("t=0", "t=1000"):
+                (a0, a1), (g0, g1) = r[name][key], rg[name][key]
+                assert a1 - a0 >= g1 - g0 - slack - 1e-9, (seed, name, key)
+                if key == "t=0":
+                    assert a1 > a0, (seed, name)
+
+
+def gaussian_checkpoint(tmp_path):
+    """(model, checkpoint path, data folder): a new-default model with the last conv at zero, fitted to
+    200 random 8x8 fields, saved as train.py would."""
+    cfg = UNetConfig(channels=1, base_width=4, num_scales=2, layers_per_block=2, emb_dim=8, num_freqs=4,
+                     t_embedding="log", scale_energy=True, data_var=0.04, gaussian_term=True, image_size=(8, 8),
+                     energy_bound=1.0, zero_init_out=True)
+    model = EnergyUNet(cfg)
+    rng = np.random.default_rng(9)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 200), ("val", 64)):
+        np.save(data / f"{split}.npy", (0.5 + 0.1 * rng.standard_normal((n, 8, 8, 1))).astype(np.float32))
+    mean, P, _ = stationary_spectrum(np.load(data / "train.npy"))
+    model.set_gaussian(mean, P)
+    torch.save({"model": model.state_dict(), "model_config": cfg.to_dict(), "kind": "energy", "step": 1,
+                "config": {"data_dir": str(data)}}, tmp_path / "ckpt.pt")
+    return model, tmp_path / "ckpt.pt", data
+
+
+def test_eval_certifies_a_model_that_is_exactly_its_gaussian(tmp_path):
+    """A new-default model with the last conv at zero IS its Gaussian term: AIS with the Gaussian transport
+    must return log Z_G (every weight equal: ESS = K), and the one-pass constant c must agree with it
+    within its standard error. End to end through eval.py's command line."""
+    import eval as eval_script
+    model, _, data = gaussian_checkpoint(tmp_path)
+    r = eval_script.main([f"--ckpt={tmp_path / 'ckpt.pt'}", f"--data_dir={data}", "--psnr_images=0", "--device=cpu",
+                          "--ais_chains=16", "--ais_steps=16", "--n_draws=4", f"--out={tmp_path}"])
+    assert abs(r["ais_log_z"] - model.gaussian.log_z()) < 1e-3 * abs(model.gaussian.log_z())
+    assert r["ais_ess"] > 15.99 and r["ais_log_z_se"] < 1e-3
+    assert abs(r["log_norm_const"] - r["ais_log_z"]) < 4 * r["log_norm_const_stderr"]
+    assert r["ais_nfe_per_chain"] == 1 + 16 + 15 and r["ais_chains"] == 16
+    assert r["ais_delta_bpd"] == pytest.approx((r["log_norm_const"] - r["ais_log_z"]) / (64 * math.log(2)))
+    # the bracket of the energy bound holds the certified NLL, and is 2 B / ln 2 bits/dim wide
+    assert r["bracket_nll_bpd_lo"] < r["ais_nll_bpd"] < r["bracket_nll_bpd_hi"]
+    assert r["bracket_nll_bpd_hi"] - r["bracket_nll_bpd_lo"] == pytest.approx(2 / math.log(2))
+
+
+def test_figures_probes_command(tmp_path):
+    """figures.py probes writes its figure and numbers; for a model that is exactly its Gaussian term the
+    model's curves and the Gaussian's coincide (both normalized: c from the data vs the exact log Z_G)."""
+    import figures
+    model, ckpt, data = gaussian_checkpoint(tmp_path)
+    r = figures.main(["probes", f"--ckpt={ckpt}", f"--data_dir={data}", "--max_images=8", "--const_images=64",
+                      "--n_draws=4", "--device=cpu", f"--out={tmp_path / 'p'}"])
+    for ext in ("png", "pdf", "json"):
+        assert (tmp_path / "p" / f"probes.{ext}").stat().st_size > 0
+    assert set(r["model"]) == {"shift", "contrast", "noise", "direction"}
+    for name in r["model"]:
+        for key in ("t=0", "t=1000"):
+            a, g = np.array(r["model"][name][key]), np.array(r["gaussian"][name][key])
+            assert np.abs(a - g).max() < 0.05, (name, key)           # c vs log Z_G: within the error of c

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Every command behind docs/normalization.md, in the order it ran (one job at a time, nice'd, on a shared
+# 2-core machine). From the repo root:  bash results/cpu/normalization/run.sh
+# Runs go to $R (checkpoints, never committed); the small result files are copied to results/cpu/normalization/.
+# "old" = the previous default (README before this change), "new" = train.py's defaults now (the confining energy).
+set -euo pipefail
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+R=${R:-/tmp/norm_runs}
+N="nice -n 10 python"
+OLD="--gaussian_term=False --energy_bound=None --zero_init_out=False --analytic_term=True"
+mkdir -p "$R"
+
+# ----------------------------------------------------------------------------- data
+python data/grf/prepare.py --alpha=2 --k0=1 --amplitude=0.2      # exact entropy -0.6882 bits/dim
+python data/patches/prepare.py
+
+# ----------------------------------------------------------------------------- the mechanism, and AIS on an exact energy
+python results/cpu/normalization/mechanism.py                     # -> mechanism.json
+python results/cpu/normalization/ais_exact_grf.py                 # -> ais_exact_grf.json
+for data in patches grf; do                                       # the stationary Gaussian alone on val
+    python results/cpu/normalization/stationary_gaussian.py --data_dir=data/$data > results/cpu/normalization/stationary_gaussian_$data.json
+done
+python results/cpu/normalization/stationary_gaussian.py --data_dir=data/patches --max_images=1024 > results/cpu/normalization/stationary_gaussian_patches_1024.json
+
+# ----------------------------------------------------------------------------- trainings
+GRF="--preset=cpu --data_dir=data/grf --max_steps=1000 --lr_halve_every=400 --eval_interval=500 --ckpt_interval=500"
+$N train.py $GRF $OLD --out_dir=$R/grf_old
+$N train.py --preset=cpu $OLD --out_dir=$R/patches_old
+$N train.py $GRF --out_dir=$R/grf_new
+$N train.py --preset=cpu --out_dir=$R/patches_new
+
+# ----------------------------------------------------------------------------- evaluations (in this order)
+ev() { name=$1; data=$2; out=$3; shift 3; $N eval.py --ckpt=$R/$name/ckpt.pt --data_dir=data/$data --out=$R/$name/$out "$@"; }
+pr() { $N figures.py probes --ckpt=$R/$1/ckpt.pt --data_dir=data/$2 --const_images=$3 --out=$R/$1; }
+sa() { $N sample.py --ckpt=$R/$1/ckpt.pt --data_dir=data/$2 --num_samples=$3 --n_steps=128 --mala_steps=1 --out=$R/$1/samples; }
+ev patches_new patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
+pr patches_new patches 1024
+ev grf_new grf ais128 --psnr_images=128 --n_draws=4 --ais_chains=32 --ais_steps=128
+pr grf_new grf 2000
+ev grf_old grf ais128 --psnr_images=128 --n_draws=4 --ais_chains=32 --ais_steps=128
+pr grf_old grf 2000
+pr patches_old patches 1024
+ev patches_old patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
+sa grf_new grf 64
+sa grf_old grf 64
+ev patches_new patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256     # doubling
+ev grf_new grf ais256 --psnr_images=0 --n_draws=4 --ais_chains=32 --ais_steps=256
+sa patches_new patches 16
+# a tighter bound on the network term, B = 0.25 nats/dim (the AIS of patches_new showed mass off the data)
+$N train.py --preset=cpu --energy_bound=0.25 --out_dir=$R/patches_new_b025
+ev patches_new_b025 patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
+pr patches_new_b025 patches 1024
+sa patches_old patches 16
+ev grf_old grf ais256 --psnr_images=0 --n_draws=4 --ais_chains=32 --ais_steps=256
+ev patches_new_b025 patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256
+ev patches_old patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256
+
+for run in patches_new patches_new_b025; do    # plain importance sampling from the model's own Gaussian, t = 0
+    python results/cpu/normalization/is_check.py --ckpt=$R/$run/ckpt.pt > results/cpu/normalization/$run/is_check.json
+done
+
+# ----------------------------------------------------------------------------- small files into the repo
+for run in grf_old grf_new patches_old patches_new patches_new_b025; do
+    mkdir -p results/cpu/normalization/$run
+    cp $R/$run/log.jsonl $R/$run/probes.json $R/$run/probes.png results/cpu/normalization/$run/ 2>/dev/null || true
+    for sub in ais128 ais256 eval; do
+        [ -f $R/$run/$sub/results.json ] && cp $R/$run/$sub/results.json results/cpu/normalization/$run/$sub.json
+    done
+    [ -f $R/$run/samples/samples.json ] && cp $R/$run/samples/samples.json results/cpu/normalization/$run/samples.json
+    [ -f $R/$run/samples/samples.png ] && cp $R/$run/samples/samples.png results/cpu/normalization/$run/samples.png
+done
