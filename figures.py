@@ -137,7 +137,8 @@ def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256,
 
 FIG2_CURVES = [     # (panel title, y label, [(key, label)]): the quantities of toy/strong_gen.py against N
     ("A/B disagreement", "dB/dim", [("rms_heldout", "RMS A - B, held-out"), ("mean_abs_heldout", "mean |A - B|, held-out"),
-                                    ("rms_train", "RMS A - B, training sets")]),
+                                    ("rms_train", "RMS A - B, training sets"),
+                                    ("rms_heldout_gauss", "RMS A - B, held-out, Gaussian terms alone")]),
     ("memorization", "dB/dim", [("own_vs_heldout", "own set - held-out"), ("own_vs_other", "own model - other model"),
                                 ("own_vs_heldout_gauss", "own set - held-out, Gaussian term alone")]),
     ("held-out NLL - exact entropy", "bits/dim", [("gap_a", "model A"), ("gap_b", "model B"),

@@ -20,7 +20,7 @@ Each model gets its own constant c from the held-out fields (t_max, docs/method.
     own_vs_other                    mean over each training set of (own model - other model)
     gap_a, gap_b                    held-out NLL minus the exact entropy, bits/dim (>= 0 up to noise)
     rms_true_a, rms_true_b          RMS of log p_model - exact log p on held-out fields, dB/dim
-    own_vs_heldout_gauss, gap_gauss_a, gap_gauss_b
+    own_vs_heldout_gauss, rms_heldout_gauss, gap_gauss_a, gap_gauss_b
                                     the same for the models' Gaussian terms alone (train.py's default
                                     gaussian_term: fitted to the N training fields, exactly normalized), to
                                     tell what the Gaussian fit memorizes from what the network does
@@ -206,7 +206,8 @@ def evaluate_pair(cfg, ckpts, sets, l_true, entropy_bpd, generator):
         if g:
             metrics[f"gap_gauss_{side}"] = truth_metrics(g["H"], l_true, entropy_bpd)["gap"]
     if ga:
-        metrics["own_vs_heldout_gauss"] = pair_metrics(ga, gb)["own_vs_heldout"]
+        gauss = pair_metrics(ga, gb)
+        metrics.update(own_vs_heldout_gauss=gauss["own_vs_heldout"], rms_heldout_gauss=gauss["rms_heldout"])
     metrics.update(c_a=consts[0][0], c_a_se=consts[0][1], c_b=consts[1][0], c_b_se=consts[1][1],
                    steps_a=steps[0], steps_b=steps[1])
     return metrics, la, lb
@@ -215,7 +216,7 @@ def evaluate_pair(cfg, ckpts, sets, l_true, entropy_bpd, generator):
 # ----------------------------------------------------------------------------- report
 COLUMNS = [("n", "N"), ("rms_heldout", "RMS A-B held-out"), ("mean_abs_heldout", "mean abs A-B held-out"),
            ("rms_train", "RMS A-B train sets"), ("own_vs_heldout", "own - held-out"), ("own_vs_other", "own - other"),
-           ("own_vs_heldout_gauss", "own - held-out, Gaussian term"), ("gap_a", "gap A (bits/dim)"),
+           ("own_vs_heldout_gauss", "own - held-out, Gaussian term"), ("rms_heldout_gauss", "RMS A-B held-out, Gaussian terms"), ("gap_a", "gap A (bits/dim)"),
            ("gap_b", "gap B (bits/dim)"), ("gap_gauss_a", "gap A, Gaussian term"), ("rms_true_a", "RMS A-true")]
 
 
