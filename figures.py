@@ -170,15 +170,16 @@ def fig2_panels(panels, out, entropy_bpd=None, name="fig2"):
     top.axes[0].legend(fontsize=7, loc="upper left")
     ns = [p["n_train"] for p in panels]
     for ax, (title, unit, keys) in zip(bottom.subplots(1, len(FIG2_CURVES)), FIG2_CURVES):
-        for key, label in keys:
-            if all(key in p for p in panels):
-                ax.plot(ns, [p[key] for p in panels], "o-", label=label)
+        shown = [[p[key] for p in panels] for key, _ in keys if all(key in p for p in panels)]
+        for values, (key, label) in zip(shown, [k for k in keys if all(k[0] in p for p in panels)]):
+            ax.plot(ns, values, "o-", label=label)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xscale("log")
         ax.set_xticks(ns, [f"{n:g}" for n in ns])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        if unit == "dB/dim":
-            ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_yscale("symlog", linthresh=0.1)                    # linear within +-0.1, logarithmic beyond
+        if min(min(v) for v in shown) >= 0:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("N (training fields of each model)")
         ax.set_ylabel(unit)
         ax.set_title(title + (f" ({entropy_bpd:.3f})" if unit == "bits/dim" and entropy_bpd is not None else ""),
