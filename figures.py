@@ -163,9 +163,12 @@ def fig2(model_a, c_a, model_b, c_b, set_a, set_b, n_train, out, batch_size=256,
 
 FIG2_CURVES = [     # (panel title, y label, [(key, label)]): the quantities of toy/strong_gen.py against N
     ("A/B disagreement", "dB/dim", [("rms_heldout", "RMS A - B, held-out"), ("mean_abs_heldout", "mean |A - B|, held-out"),
-                                    ("rms_train", "RMS A - B, training sets")]),
-    ("memorization", "dB/dim", [("own_vs_heldout", "own set - held-out"), ("own_vs_other", "own model - other model")]),
-    ("held-out NLL - exact entropy", "bits/dim", [("gap_a", "model A"), ("gap_b", "model B")]),
+                                    ("rms_train", "RMS A - B, training sets"),
+                                    ("rms_heldout_gauss", "RMS A - B, held-out, Gaussian terms alone")]),
+    ("memorization", "dB/dim", [("own_vs_heldout", "own set - held-out"), ("own_vs_other", "own model - other model"),
+                                ("own_vs_heldout_gauss", "own set - held-out, Gaussian term alone")]),
+    ("held-out NLL - exact entropy", "bits/dim", [("gap_a", "model A"), ("gap_b", "model B"),
+                                                  ("gap_gauss_a", "Gaussian term of A alone")]),
 ]
 
 
@@ -193,15 +196,16 @@ def fig2_panels(panels, out, entropy_bpd=None, name="fig2"):
     top.axes[0].legend(fontsize=7, loc="upper left")
     ns = [p["n_train"] for p in panels]
     for ax, (title, unit, keys) in zip(bottom.subplots(1, len(FIG2_CURVES)), FIG2_CURVES):
-        for key, label in keys:
-            if all(key in p for p in panels):
-                ax.plot(ns, [p[key] for p in panels], "o-", label=label)
+        shown = [[p[key] for p in panels] for key, _ in keys if all(key in p for p in panels)]
+        for values, (key, label) in zip(shown, [k for k in keys if all(k[0] in p for p in panels)]):
+            ax.plot(ns, values, "o-", label=label)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xscale("log")
         ax.set_xticks(ns, [f"{n:g}" for n in ns])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        if unit == "dB/dim":
-            ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_yscale("symlog", linthresh=0.1)                    # linear within +-0.1, logarithmic beyond
+        if min(min(v) for v in shown) >= 0:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("N (training fields of each model)")
         ax.set_ylabel(unit)
         ax.set_title(title + (f" ({entropy_bpd:.3f})" if unit == "bits/dim" and entropy_bpd is not None else ""),

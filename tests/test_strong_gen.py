@@ -120,6 +120,17 @@ def test_driver_end_to_end(tmp_path):
         assert row["own_vs_heldout_a"] == pytest.approx(la["A"].mean() - la["H"].mean(), rel=1e-5, abs=1e-6)
         assert row["own_vs_other_b"] == pytest.approx((lb["B"] - la["B"]).mean(), rel=1e-5, abs=1e-6)
         assert row["gap_a"] == pytest.approx(-la["H"].mean() / DB_PER_BIT - result["entropy_bpd"], rel=1e-5, abs=1e-6)
+        own_gauss, held_gauss = [], []
+        for side, x_own in (("A", pool_a[:n]), ("B", pool_b[:n])):      # the Gaussian term alone, log Z_G by hand
+            G = load_model(str(work / f"N{n}_{side}" / "ckpt.pt"))[0].gaussian
+            log_z = 0.5 * d * math.log(2 * math.pi) + 0.5 * G.eig.double().log().sum().item()
+            lg = [-(G(torch.from_numpy(x).permute(0, 3, 1, 2), torch.zeros(len(x))).double().detach().numpy() + log_z)
+                  * DB_PER_NAT / d for x in (x_own, heldout[:6])]
+            own_gauss.append(lg[0].mean() - lg[1].mean())
+            held_gauss.append(lg[1])
+        assert row["own_vs_heldout_gauss"] == pytest.approx(np.mean(own_gauss), rel=1e-5, abs=1e-6)
+        assert row["rms_heldout_gauss"] == pytest.approx(np.sqrt(np.mean((held_gauss[0] - held_gauss[1]) ** 2)),
+                                                         rel=1e-5, abs=1e-6)
     again = run_driver([*TINY, f"--out={out}", f"--work_dir={work}", "--report_only=True"])   # reuses the runs
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "strong_gen.json").read_text())["rows"] == result["rows"]   # c: same seeded draws

@@ -20,6 +20,10 @@ Each model gets its own constant c from the held-out fields (t_max, docs/method.
     own_vs_other                    mean over each training set of (own model - other model)
     gap_a, gap_b                    held-out NLL minus the exact entropy, bits/dim (>= 0 up to noise)
     rms_true_a, rms_true_b          RMS of log p_model - exact log p on held-out fields, dB/dim
+    own_vs_heldout_gauss, rms_heldout_gauss, gap_gauss_a, gap_gauss_b
+                                    the same for the models' Gaussian terms alone (train.py's default
+                                    gaussian_term: fitted to the N training fields, exactly normalized), to
+                                    tell what the Gaussian fit memorizes from what the network does
 
 Writes OUT/strong_gen.json (config, every number), OUT/strong_gen.md (the table) and
 OUT/fig2.png, .pdf, .json (figures.fig2_panels: the scatters of the paper's layout and one curve
@@ -45,6 +49,7 @@ from model import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DB_PER_BIT = 10 * math.log10(2)           # 1 bit/dim = 3.01 dB/dim
+DB_PER_NAT = 10 / math.log(10)            # 1 nat/dim = 4.34 dB/dim
 
 
 # ----------------------------------------------------------------------------- data
@@ -171,11 +176,21 @@ def truth_metrics(l_model, l_true, entropy_bpd):
                 rms_true=float(np.sqrt(((l_model - l_true) ** 2).mean())))
 
 
+@torch.no_grad()
+def gaussian_logp_db(model, images):
+    """log p in dB/dim, (N,), of the model's Gaussian term alone, -(U_G(x, 0) + log Z_G) (model.StationaryGaussian,
+    exactly normalized): the part of the density fitted to the training set's spectrum before any training."""
+    y = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()           # (N, C, H, W)
+    U = model.gaussian(y, torch.zeros(len(y))).double().numpy()
+    return DB_PER_NAT * -(U + model.gaussian.log_z()) / y[0].numel()
+
+
 def evaluate_pair(cfg, ckpts, sets, l_true, entropy_bpd, generator):
-    """Constants, log p (dB/dim) of both models on every set, and every metric of one N."""
-    la, lb, consts, steps = {}, {}, [], []
+    """Constants, log p (dB/dim) of both models on every set, and every metric of one N (with the
+    memorization and entropy gap of the models' Gaussian terms alone, when they have one)."""
+    la, lb, ga, gb, consts, steps = {}, {}, {}, {}, [], []
     heldout = sets["H"]
-    for path, l in zip(ckpts, (la, lb)):
+    for path, l, g in zip(ckpts, (la, lb), (ga, gb)):
         model, ckpt = load_model(path, "cpu", kind="energy")
         c, c_se = estimate_log_norm_const(model, heldout[:cfg["const_images"]], cfg["t_max"], cfg["n_draws"],
                                           cfg["eval_batch_size"], "cpu", generator)
@@ -183,9 +198,16 @@ def evaluate_pair(cfg, ckpts, sets, l_true, entropy_bpd, generator):
         steps.append(ckpt["step"])
         for s, images in sets.items():
             l[s] = logp_db(model, images, c, cfg["eval_batch_size"], "cpu")
+            if model.gaussian is not None:
+                g[s] = gaussian_logp_db(model, images)
     metrics = pair_metrics(la, lb)
-    for side, l in (("a", la), ("b", lb)):
+    for side, l, g in (("a", la, ga), ("b", lb, gb)):
         metrics.update({f"{k}_{side}": v for k, v in truth_metrics(l["H"], l_true, entropy_bpd).items()})
+        if g:
+            metrics[f"gap_gauss_{side}"] = truth_metrics(g["H"], l_true, entropy_bpd)["gap"]
+    if ga:
+        gauss = pair_metrics(ga, gb)
+        metrics.update(own_vs_heldout_gauss=gauss["own_vs_heldout"], rms_heldout_gauss=gauss["rms_heldout"])
     metrics.update(c_a=consts[0][0], c_a_se=consts[0][1], c_b=consts[1][0], c_b_se=consts[1][1],
                    steps_a=steps[0], steps_b=steps[1])
     return metrics, la, lb
@@ -194,13 +216,15 @@ def evaluate_pair(cfg, ckpts, sets, l_true, entropy_bpd, generator):
 # ----------------------------------------------------------------------------- report
 COLUMNS = [("n", "N"), ("rms_heldout", "RMS A-B held-out"), ("mean_abs_heldout", "mean abs A-B held-out"),
            ("rms_train", "RMS A-B train sets"), ("own_vs_heldout", "own - held-out"), ("own_vs_other", "own - other"),
-           ("gap_a", "gap A (bits/dim)"), ("gap_b", "gap B (bits/dim)"), ("rms_true_a", "RMS A-true")]
+           ("own_vs_heldout_gauss", "own - held-out, Gaussian term"), ("rms_heldout_gauss", "RMS A-B held-out, Gaussian terms"), ("gap_a", "gap A (bits/dim)"),
+           ("gap_b", "gap B (bits/dim)"), ("gap_gauss_a", "gap A, Gaussian term"), ("rms_true_a", "RMS A-true")]
 
 
 def markdown_table(rows, entropy_bpd, command):
-    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---:" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(str(r[k]) if k == "n" else f"{r[k]:.3f}" for k, _ in COLUMNS) + " |" for r in rows]
+    columns = [(k, title) for k, title in COLUMNS if all(k in r for r in rows)]   # no Gaussian term: no such columns
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---:" for _ in columns) + "|"
+    body = ["| " + " | ".join(str(r[k]) if k == "n" else f"{r[k]:.3f}" for k, _ in columns) + " |" for r in rows]
     return "\n".join([f"`{command}`", "", "log p differences in dB/dim (10 log10 p / d); gap = held-out NLL minus the "
                       f"exact entropy ({entropy_bpd:.4f} bits/dim)", "", head, rule, *body, ""])
 
@@ -208,7 +232,7 @@ def markdown_table(rows, entropy_bpd, command):
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
     cfg = configure(dict(
-        ns=(1, 10, 100, 1000, 10000),     # training set sizes N (each of A and B)
+        ns=(1, 10, 100, 1000, 10000),     # training set sizes N (each of A and B), trained in this order
         out="results/cpu/strong_gen",     # strong_gen.json, strong_gen.md and fig2.png/.pdf/.json
         work_dir="/tmp/strong_gen",       # datasets and training runs (checkpoints)
         workers=2,                        # trainings run at once, one process each
@@ -223,16 +247,16 @@ if __name__ == "__main__":
         warp=1.0,                         # pointwise warp (0 = Gaussian field)
         n_heldout=2000,                   # held-out fields: every model's val.npy, its constant c, held-out metrics
         # training: train.py with these keys, the same for every N
-        max_steps=1500,                   # optimizer steps of every model
+        max_steps=1000,                   # optimizer steps of every model
         batch_size=32,                    # images per step (N < batch_size: the N fields repeat in the batch)
         lr=1e-3,                          # Adam learning rate at step 0
-        lr_halve_every=500,               # steps between halvings of the learning rate
+        lr_halve_every=400,               # steps between halvings of the learning rate
         base_width=16,                    # UNet channels at the finest scale
         num_scales=2,                     # UNet scales
         layers_per_block=2,               # convs per UNet block
         emb_dim=64,                       # width of the noise-conditioning MLP
         flip=False,                       # random flips (False: a model sees exactly its N fields)
-        train_args="--data_var=0.072",    # more train.py overrides, space-separated (0.072 = the warped pixel variance)
+        train_args="",                    # more train.py overrides, space-separated (e.g. "--energy_bound=None")
         # evaluation
         eval_images=1000,                 # fields per set scored (a training set: min(N, this); held-out: this)
         const_images=1000,                # held-out fields for each model's constant c
@@ -262,7 +286,7 @@ if __name__ == "__main__":
     t0 = time.time()
     if not cfg["report_only"]:
         jobs = []
-        for n in ns:
+        for n in dict.fromkeys(cfg["ns"]):
             for side, pool, seed in (("A", pool_a, cfg["seed"]), ("B", pool_b, cfg["seed"] + 1)):
                 data_dir = os.path.join(cfg["work_dir"], "data", f"N{n}_{side}")
                 write_training_set(data_dir, pool[:n], os.path.join(cfg["work_dir"], "data", "heldout.npy"))
@@ -273,7 +297,7 @@ if __name__ == "__main__":
         require(not failed, "training failed: " + "; ".join(failed))
     heldout_eval = np.array(heldout[:cfg["eval_images"]])
     y = torch.from_numpy(heldout_eval[..., 0]).double()                                   # (n, size, size)
-    l_true = 10 / math.log(10) * warped_grf_logp(y, lam, cfg["mean"], cfg["amplitude"], cfg["warp"]).numpy() / d
+    l_true = DB_PER_NAT * warped_grf_logp(y, lam, cfg["mean"], cfg["amplitude"], cfg["warp"]).numpy() / d
     rows, panels = [], []
     for n in ns:
         ckpts = [os.path.join(run(n, side), "ckpt.pt") for side in ("A", "B")]
