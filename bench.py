@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from backends import setup_device
 from configurator import configure, config_block, require
 from kernels import IMPLS
 from losses import denoiser_score_matching, dual_score_matching
@@ -37,6 +38,7 @@ reps = 10                       # timed steps of each (impl, step) pair
 warmup = 2                      # untimed steps of each first
 profile_steps = 3               # energy steps under torch.profiler per impl for the breakdown; 0 skips it
 threads = 0                     # torch CPU threads; 0 keeps torch's default (OMP_NUM_THREADS)
+tf32 = False                    # TF32 matrix products and convolutions on CUDA; False = fp32, as train.py's default
 # -----------------------------------------------------------------------------------------------------
 globals().update(configure(config_block(globals()), doc=__doc__))
 impl_list = [s.strip() for s in impls.split(",") if s.strip()]
@@ -44,12 +46,9 @@ require(impl_list and all(i in IMPLS for i in impl_list), f"--impls={impls}: eac
 require(reps >= 1 and warmup >= 0 and profile_steps >= 0, "need reps >= 1, warmup >= 0, profile_steps >= 0")
 require(size % 2 ** num_scales == 0, f"--size={size} must be divisible by 2^num_scales = {2 ** num_scales}")
 try:
-    dev = torch.device(device)
-except RuntimeError:
-    require(False, f"--device={device} is not a device; use cpu, cuda or cuda:N")
-require(dev.type != "cuda" or torch.cuda.is_available(), f"--device={device} but CUDA is not available; use --device=cpu")
-if dev.type == "cuda":
-    torch.cuda.set_device(dev)
+    dev = torch.device(setup_device(device, tf32=tf32))   # the same device and TF32 flags as train.py and eval.py
+except ValueError as e:
+    require(False, str(e))
 if threads:
     torch.set_num_threads(threads)
 fmt = torch.channels_last if channels_last else torch.contiguous_format

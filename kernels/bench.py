@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from backends import setup_device
 from configurator import configure, config_block, require
 from kernels import IMPLS, choose, group_norm_silu
 
@@ -48,6 +49,7 @@ num_scales = 3                               # UNet scales of the training step
 conv_shapes = "64x64"                        # CxH of the 3x3 conv double-backward comparison (batch `batch`); "" skips it
 threads = 1                                  # CPU threads (the CI machine is shared)
 out = ""                                     # also write the tables (markdown) to this file
+tf32 = False                                 # TF32 matrix products and convolutions on CUDA; False = fp32, as train.py's default
 # -------------------------------------------------------------------------------------------------
 config = configure(config_block(globals()), doc=__doc__)
 globals().update(config)
@@ -61,12 +63,9 @@ try:
 except (ValueError, SystemExit):
     require(False, f"--shapes={shapes} / --conv_shapes={conv_shapes}: expected comma-separated CxH pairs such as 64x64,128x32")
 try:
-    dev = torch.device(device)
-except RuntimeError:
-    require(False, f"--device={device} is not a device; use cpu, cuda or cuda:N")
-require(dev.type != "cuda" or torch.cuda.is_available(), f"--device={device} but CUDA is not available; use --device=cpu")
-if dev.type == "cuda":
-    torch.cuda.set_device(dev)
+    dev = torch.device(setup_device(device, tf32=tf32))   # the same device and TF32 flags as train.py and eval.py
+except ValueError as e:
+    require(False, str(e))
 torch.set_num_threads(threads)
 interpreted = os.environ.get("TRITON_INTERPRET") == "1"
 paths = {impl: choose(impl, dev) for impl in impl_list}        # runs each path's self-check here
