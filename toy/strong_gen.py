@@ -1,6 +1,6 @@
 """Memorization -> generalization as the training set grows (the paper's Fig. 2) on the warped GRF.
 
-    python toy/strong_gen.py                                         # N = 1 ... 1e4, ~60 min of one core
+    python toy/strong_gen.py                                         # N = 1 ... 1e4: 10 models, ~2 min each on a free core
     python toy/strong_gen.py --ns=1,100 --max_steps=500 --out=/tmp/sg_quick --work_dir=/tmp/sg_quick/runs
     python toy/strong_gen.py --report_only=True                      # metrics and figure from finished runs
 
