@@ -54,6 +54,8 @@ sa patches_old patches 16
 ev grf_old grf ais256 --psnr_images=0 --n_draws=4 --ais_chains=32 --ais_steps=256
 ev patches_new_b025 patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256
 ev patches_old patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=256
+ev patches_new_b025 patches ais1024 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=1024
+ev patches_new patches ais1024 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=1024
 
 for run in patches_new patches_new_b025; do    # plain importance sampling from the model's own Gaussian, t = 0
     python results/cpu/normalization/is_check.py --ckpt=$R/$run/ckpt.pt > results/cpu/normalization/$run/is_check.json
@@ -63,7 +65,7 @@ done
 for run in grf_old grf_new patches_old patches_new patches_new_b025; do
     mkdir -p results/cpu/normalization/$run
     cp $R/$run/log.jsonl $R/$run/probes.json $R/$run/probes.png results/cpu/normalization/$run/ 2>/dev/null || true
-    for sub in ais128 ais256 eval; do
+    for sub in ais128 ais256 ais1024 eval; do
         [ -f $R/$run/$sub/results.json ] && cp $R/$run/$sub/results.json results/cpu/normalization/$run/$sub.json
     done
     [ -f $R/$run/samples/samples.json ] && cp $R/$run/samples/samples.json results/cpu/normalization/$run/samples.json
