@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from kernels import group_norm_silu
 from kernels.conv import conv
@@ -29,7 +28,8 @@ class UNetConfig:
     preserve_scale: bool = True     # scale-preserving GroupNorm (docs/method.md §2.2); False = plain GroupNorm
     emb_dim: int = 256              # width of the noise-conditioning MLP
     num_freqs: int = 32             # sinusoidal frequencies of the t embedding (64 features)
-    kernel_impl: str = "auto"       # group_norm_silu path: "auto", "torch" or "triton"
+    kernel_impl: str = "auto"       # group_norm_silu path: "auto" (triton on CUDA, derived on CPU), "derived",
+                                    # "triton", "reference" (autograd; "torch" is an alias), kernels/README.md
     # noise conditioning (README "normalization"; the paper's choices: "paper", False, False)
     t_embedding: str = "paper"      # "paper": sinusoids of t itself; "log": of log(t + t_floor)
     t_floor: float = 1e-6           # "log" only: the embedding is flat for t << t_floor (variance units)
@@ -183,6 +183,7 @@ class UNet(nn.Module):
 
     def forward(self, y, t):
         self.check_inputs(y, t)
+        t = t.to(y.dtype)                                             # an integer t would truncate the embedding
         emb = self.embed(t)                                           # (B, emb_dim)
         h, skips = y, []
         for block in self.encoder:
@@ -309,6 +310,7 @@ class EnergyUNet(nn.Module):
         return r
 
     def forward(self, y, t):
+        t = t.to(y.dtype)                                             # integer t: the spectrum would round to 0
         U = self.network_term(y, t)
         cfg = self.config
         if cfg.analytic_term:
@@ -334,6 +336,7 @@ class Denoiser(nn.Module):
         return self.unet(y, t)
 
     def forward(self, y, t):
+        t = t.to(y.dtype)
         return y - t.view(-1, 1, 1, 1) * self.unet(y, t)
 
 

@@ -188,3 +188,17 @@ def test_load_model_round_trip_and_bad_checkpoints(tmp_path):
         load_model(tmp_path / "partial.pt")
     with pytest.raises(ValueError, match="model kind"):
         build_model("flow", cfg.to_dict())
+
+
+def test_integer_t_is_read_as_a_float_variance():
+    """EnergyUNet(y, t) with an integer t gives what the same t as float gives (not inf or a truncation)."""
+    cfg = UNetConfig(channels=1, base_width=4, num_scales=1, layers_per_block=2, emb_dim=8, num_freqs=4,
+                     t_embedding="log", analytic_term=True, scale_energy=True, data_var=0.04,
+                     data_spectrum=(0.01, 0.04, 0.1))
+    torch.manual_seed(0)
+    model = EnergyUNet(cfg)
+    y = torch.rand(3, 1, 8, 8)
+    U_int, U_float = model(y, torch.full((3,), 2)), model(y, torch.full((3,), 2.0))
+    assert torch.isfinite(U_int).all() and torch.equal(U_int, U_float)
+    den = Denoiser(cfg)
+    assert torch.equal(den(y, torch.full((3,), 2)), den(y, torch.full((3,), 2.0)))
