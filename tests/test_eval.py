@@ -266,7 +266,7 @@ def eigen_moments(U, x):
 
 
 class OneGenerator:
-    """The noise interface of sample.SeededNoise from one generator (fast for many samples)."""
+    """The noise interface of ais.SeededNoise from one generator (fast for many samples or chains)."""
 
     def __init__(self, n, seed):
         self.n, self.g = n, torch.Generator().manual_seed(seed)

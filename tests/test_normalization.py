@@ -9,6 +9,7 @@ import torch
 
 from dataset import radial_average, stationary_spectrum
 from model import EnergyUNet, StationaryGaussian, UNetConfig, energy_and_scores, load_model
+from test_eval import OneGenerator                                    # the noise interface of ais.SeededNoise
 
 
 def random_spectrum(H, W, C, generator):
@@ -261,19 +262,6 @@ def test_gaussian_apply_matches_dense_matrix_powers():
     for power in (1, 0.5, -1):
         expected = v.flatten(1) @ (Q @ torch.diag(e ** power) @ Q.T)
         torch.testing.assert_close(G.apply(v, t, power).flatten(1), expected, rtol=1e-10, atol=1e-10)
-
-
-class OneGenerator:
-    """The noise interface of ais.SeededNoise from one generator (fast for many chains in tests)."""
-
-    def __init__(self, n, seed):
-        self.n, self.g = n, torch.Generator().manual_seed(seed)
-
-    def randn(self, shape):
-        return torch.randn(self.n, *shape, generator=self.g)
-
-    def rand(self):
-        return torch.rand(self.n, generator=self.g)
 
 
 def test_ais_recovers_log_z_of_an_exact_gaussian_with_a_mismatched_reference():
