@@ -12,7 +12,7 @@ Data: a stationary Gaussian random field (data/grf/prepare.py; 16x16, alpha 2.5,
 mean 0.5, exact entropy -1.077 bits/dim), so the true energy U*(y, t) = -log p(y, t) is known at
 every t. Each variant (a set of UNetConfig noise-conditioning options, README "normalization") is
 trained with losses.dual_score_matching from the same initial seed, data order and noise, with the
-issue's CPU-sized recipe (width 16, 2 scales, 3 layers per block, batch 64, Adam lr 5e-4 halved
+CPU-sized recipe (width 16, 2 scales, 3 layers per block, batch 64, Adam lr 5e-4 halved
 every 200 steps). At each step in eval_steps it measures, with delta(y, t) = U(y, t) - U*(y, t):
 
     gap         NLL - exact entropy (bits/dim), the constant c from t_max as in eval.py, +- stderr
