@@ -57,12 +57,17 @@ ev patches_old patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 
 ev patches_new_b025 patches ais1024 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=1024
 ev patches_new patches ais1024 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=1024
 
+# single SM with the new energy (the same preset, no time term)
+$N train.py --preset=cpu --time_weight=0 --out_dir=$R/patches_new_single
+ev patches_new_single patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
+pr patches_new_single patches 1024
+
 for run in patches_new patches_new_b025; do    # plain importance sampling from the model's own Gaussian, t = 0
     python results/cpu/normalization/is_check.py --ckpt=$R/$run/ckpt.pt > results/cpu/normalization/$run/is_check.json
 done
 
 # ----------------------------------------------------------------------------- small files into the repo
-for run in grf_old grf_new patches_old patches_new patches_new_b025; do
+for run in grf_old grf_new patches_old patches_new patches_new_b025 patches_new_single; do
     mkdir -p results/cpu/normalization/$run
     cp $R/$run/log.jsonl $R/$run/probes.json $R/$run/probes.png results/cpu/normalization/$run/ 2>/dev/null || true
     for sub in ais128 ais256 ais1024 eval; do
