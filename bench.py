@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from backends import setup_device
 from configurator import configure, config_block, require
+from eval import pick_device
 from kernels import IMPLS
 from losses import denoiser_score_matching, dual_score_matching
 from model import Denoiser, EnergyUNet, UNetConfig, count_parameters
@@ -45,10 +45,7 @@ impl_list = [s.strip() for s in impls.split(",") if s.strip()]
 require(impl_list and all(i in IMPLS for i in impl_list), f"--impls={impls}: each must be one of {IMPLS}")
 require(reps >= 1 and warmup >= 0 and profile_steps >= 0, "need reps >= 1, warmup >= 0, profile_steps >= 0")
 require(size % 2 ** num_scales == 0, f"--size={size} must be divisible by 2^num_scales = {2 ** num_scales}")
-try:
-    dev = torch.device(setup_device(device, tf32=tf32))   # the same device and TF32 flags as train.py and eval.py
-except ValueError as e:
-    require(False, str(e))
+dev = torch.device(pick_device(device, tf32=tf32))       # the same device and TF32 flags as train.py and eval.py
 if threads:
     torch.set_num_threads(threads)
 fmt = torch.channels_last if channels_last else torch.contiguous_format

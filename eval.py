@@ -281,10 +281,11 @@ def ode_nll(energy_fn, x, prior_mean, t_min=1e-9, t_max=1e3, n_steps=16, n_probe
 
 
 # ----------------------------------------------------------------------------- command-line plumbing
-def pick_device(device):
-    """backends.setup_device (the current CUDA device, fp32 arithmetic) with a one-line error for a bad --device."""
+def pick_device(device, tf32=False):
+    """backends.setup_device (the current CUDA device; fp32 arithmetic unless tf32) with a one-line error for a
+    bad --device."""
     try:
-        return setup_device(device)
+        return setup_device(device, tf32=tf32)
     except ValueError as e:
         fail(str(e))
 

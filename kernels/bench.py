@@ -28,8 +28,8 @@ import time
 
 import torch
 
-from backends import setup_device
 from configurator import configure, config_block, require
+from eval import pick_device
 from kernels import IMPLS, choose, group_norm_silu
 
 # ---- config: override with --key=value ---------------------------------------------------------
@@ -62,10 +62,7 @@ try:
     require(all(len(s.split("x")) == 2 and min(int(v) for v in s.split("x")) >= 1 for s in conv_shapes.split(",") if s), "")
 except (ValueError, SystemExit):
     require(False, f"--shapes={shapes} / --conv_shapes={conv_shapes}: expected comma-separated CxH pairs such as 64x64,128x32")
-try:
-    dev = torch.device(setup_device(device, tf32=tf32))   # the same device and TF32 flags as train.py and eval.py
-except ValueError as e:
-    require(False, str(e))
+dev = torch.device(pick_device(device, tf32=tf32))       # the same device and TF32 flags as train.py and eval.py
 torch.set_num_threads(threads)
 interpreted = os.environ.get("TRITON_INTERPRET") == "1"
 paths = {impl: choose(impl, dev) for impl in impl_list}        # runs each path's self-check here

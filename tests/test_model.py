@@ -1,7 +1,5 @@
 """model.py: shapes, the parameter count, scores against finite differences, the norm op's homogeneity
 and second derivatives, gradients reaching every parameter, and bad input."""
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st

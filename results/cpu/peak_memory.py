@@ -7,7 +7,6 @@ memory-mapped dataset read so far count here, although they are page cache the k
 memory pressure), the status and the seconds. The command's own output goes to stderr.
 """
 import json
-import os
 import subprocess
 import sys
 import time
