@@ -462,11 +462,10 @@ def main(argv):
     if getattr(model, "gaussian", None) is not None and model.config.energy_bound is not None:
         # docs/method.md §9: |log Z(0) - log Z_G| <= B d, so the true NLL lies in this bracket, no sampling needed
         mean_U0 = float(np.mean(-logp - c))
-        to_bpd, offset = 1 / (d * math.log(2)), (8.0 if quantized else 0.0)
         log_z_g, slack = model.gaussian.log_z(), model.config.energy_bound * d
-        results.update(bracket_nll_bpd_lo=(mean_U0 + log_z_g - slack) * to_bpd + offset,
-                       bracket_nll_bpd_hi=(mean_U0 + log_z_g + slack) * to_bpd + offset,
-                       gaussian_normalized_nll_bpd=(mean_U0 + log_z_g) * to_bpd + offset, log_z_gaussian=log_z_g)
+        results.update(bracket_nll_bpd_lo=nll_bits_per_dim(mean_U0, log_z_g - slack, d, quantized),
+                       bracket_nll_bpd_hi=nll_bits_per_dim(mean_U0, log_z_g + slack, d, quantized),
+                       gaussian_normalized_nll_bpd=nll_bits_per_dim(mean_U0, log_z_g, d, quantized), log_z_gaussian=log_z_g)
     if config["ais_chains"] > 0:
         results.update(certify(model, logp, c, d, quantized, config, device))
     if "RANK" in os.environ and int(os.environ["RANK"]) != 0:
@@ -508,7 +507,7 @@ def certify(model, logp, c, d, quantized, config, device):
     to_bpd = 1 / (d * math.log(2))
     U0 = -logp - c                                                        # U(x, 0) per image
     mean_U0, se_U0 = mean_and_stderr(U0)
-    nll_ais = (mean_U0 + log_z) * to_bpd + (8.0 if quantized else 0.0)
+    nll_ais = nll_bits_per_dim(mean_U0, log_z, d, quantized)
     return dict(ais_log_z=log_z, ais_log_z_se=log_z_se, ais_nll_bpd=nll_ais,
                 ais_nll_bpd_se=math.sqrt(se_U0 ** 2 + log_z_se ** 2) * to_bpd, ais_delta_bpd=(c - log_z) * to_bpd,
                 ais_delta_bpd_se=log_z_se * to_bpd, ais_ess=ess, ais_chains=len(log_w), ais_levels=config["ais_steps"],
