@@ -88,12 +88,25 @@ def fitted_reference(images, floor=1e-4):
     return ref
 
 
-def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0, transport=True, dtype=torch.float32):
+def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0, transport=True, dtype=torch.float32,
+        grid=None, steps=None, adapt=False, target=0.6):
     """Annealed importance sampling of log Z(t) from t_max down to t = 0 (module docstring), one chain per
     generator of noise (SeededNoise). ref: a StationaryGaussian (the start at t_max, its exact normalizer,
-    the preconditioner and the grid). step: h = step * d^(-1/3). Returns (log w (B,) float64, info) with
-    info = dict(log_z_ref, acceptance per level (K - 1,), t (K + 1,), length L, nfe per chain)."""
+    the preconditioner and the default grid). grid: the levels t_0 = t_max > ... > t_K = 0 fixed in advance
+    (tune), else K = n_levels at equal steps of the Gaussian's thermodynamic length. step: MALA step
+    h = step * d^(-1/3) at every level, unless steps gives h per level (K - 1,), fixed in advance (tune).
+    adapt: a pilot run that changes h after each level toward MALA acceptance target (log h += 2 (acceptance -
+    target)), and repeats a level's moves (up to 8 times) while its acceptance is off target by more than 0.2;
+    its h depend on the chains' own moves, so its weights are not an AIS estimate (tune uses its h and grid for
+    a fresh run). Returns (log w (B,) float64, info) with info = dict(log_z_ref, t (K + 1,), the Gaussian's
+    thermodynamic length L, nfe per chain, and per level: acceptance and h (K - 1,), ess (K,): the weights' ESS
+    after the level, inc_sd (K,): the spread over chains of the level's log-weight increment, where the
+    weights degenerate)."""
     t, length = schedule(ref.eig.cpu(), t_max, n_levels)
+    if grid is not None:
+        t = np.asarray(grid, dtype=np.float64)
+        if not (t[0] > 0 and t[-1] == 0 and np.all(np.diff(t) < 0)):
+            raise ValueError("grid must decrease strictly from t_max > 0 to 0")
     H, W, C = ref.eig.shape
     d = C * H * W
     h = step * d ** (-1 / 3)
@@ -110,24 +123,63 @@ def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0,
     y = (ref64.mean.view(1, -1, 1, 1) + ref64.apply(w, t[0], 0.5)).to(dtype)           # y ~ N(m, Sigma + t_0 I)
     U, grad_y = U_and_grad(y, t[0])
     log_w = -U + ref64(y.double(), torch.full((y.shape[0],), t[0], dtype=torch.float64)) + ref64.log_z()
-    nfe, acceptance = 1, []
+    nfe, acceptance, used, ess, inc_sd = 1, [], [], [], []
     m, e = ref64.mean.view(1, -1, 1, 1), ref64.eig
     for k in range(1, len(t)):
         if transport:                   # y -> m + (Sigma + t_k I)^(1/2) (Sigma + t_{k-1} I)^(-1/2) (y - m)
             y = (m + ref64.apply(ref64.apply(y.double() - m, t[k - 1], -0.5), t[k], 0.5)).to(dtype)
             log_det = 0.5 * (torch.log(e + t[k]) - torch.log(e + t[k - 1])).sum().item()
         U_new, grad_y = U_and_grad(y, t[k])
-        log_w = log_w + U - U_new + (log_det if transport else 0.0)
+        increment = U - U_new + (log_det if transport else 0.0)
+        log_w = log_w + increment
         U, nfe = U_new, nfe + 1
+        ess.append(summarize(log_w.cpu().numpy())[2])
+        inc_sd.append(float(increment.std()) if len(increment) > 1 else 0.0)
         if k == len(t) - 1:                                        # moves at the last level cannot change E[w]
             break
-        accepted = 0.0
-        for _ in range(mala_steps):
-            y, U32, grad_y, acc = mala_step(energy_fn, y, U.to(y.dtype), grad_y, t[k], h, noise, precond_at(t[k]))
-            U = torch.where(acc, U32.double(), U)
-            accepted, nfe = accepted + acc.double().mean().item() / mala_steps, nfe + 1
+        h_k = float(steps[k - 1]) if steps is not None else h
+        for attempt in range(8 if adapt else 1):       # a pilot retries a level whose acceptance is far off target
+            accepted = 0.0
+            for _ in range(mala_steps):
+                y, U32, grad_y, acc = mala_step(energy_fn, y, U.to(y.dtype), grad_y, t[k], h_k, noise, precond_at(t[k]))
+                U = torch.where(acc, U32.double(), U)
+                accepted, nfe = accepted + acc.double().mean().item() / mala_steps, nfe + 1
+            if not adapt:
+                break
+            h = h_k * math.exp(2.0 * (accepted - target))
+            if abs(accepted - target) <= 0.2:
+                break
+            h_k = h
         acceptance.append(accepted)
-    return log_w, dict(log_z_ref=ref64.log_z(), acceptance=np.array(acceptance), t=t, length=length, nfe=nfe)
+        used.append(h_k)
+    return log_w, dict(log_z_ref=ref64.log_z(), acceptance=np.array(acceptance), steps=np.array(used), t=t,
+                       length=length, nfe=nfe, ess=np.array(ess), inc_sd=np.array(inc_sd))
+
+
+def tune(energy_fn, ref, noise, n_levels, pilot_levels=512, uniform=0.2, **kwargs):
+    """A pilot run (adapt=True, its own chains) that fixes, for a fresh AIS run of n_levels levels, the grid and
+    the MALA step per level. The pilot runs pilot_levels levels on the Gaussian's grid; its increments' spread
+    inc_sd_k ~ (t_(k-1) - t_k) sd(d U / dt) measures how much each stretch of t adds to the log-weights' variance
+    (the network's part: the Gaussian's own is removed by the transport). The new grid puts its levels at equal
+    steps of sum_k inc_sd_k (mixed with a share `uniform` of the Gaussian's grid, so no stretch is left empty);
+    h at a new level is the pilot's, interpolated in log h. Returns (grid (n_levels + 1,), steps (n_levels - 1,), pilot info)."""
+    _, info = ais(energy_fn, ref, noise, n_levels=pilot_levels, adapt=True, **kwargs)
+    t_pilot, sd = info["t"], np.maximum(info["inc_sd"], 0.0)
+    density = (1 - uniform) * sd / max(sd.sum(), 1e-300) + uniform / len(sd) if sd.sum() > 0 else np.full(len(sd), 1 / len(sd))
+    cum = np.concatenate([[0.0], np.cumsum(density)])                         # at pilot levels 0 .. K_pilot
+    cum /= cum[-1]
+    position = np.interp(np.linspace(0, 1, n_levels + 1), cum, np.arange(len(t_pilot)))   # fractional pilot level
+    lo = np.floor(position).astype(int).clip(0, len(t_pilot) - 2)
+    frac = position - lo
+    grid = t_pilot[lo] * (1 - frac) + t_pilot[lo + 1] * frac                  # linear in t between pilot levels
+    grid[0], grid[-1] = t_pilot[0], 0.0
+    keep, last = np.ones(len(grid), dtype=bool), grid[0]                     # strictly decreasing despite round-off
+    for i in range(1, len(grid) - 1):
+        keep[i] = 0.0 < grid[i] < last
+        last = grid[i] if keep[i] else last
+    grid, position = grid[keep], position[keep]
+    steps = np.exp(np.interp(position[1:-1], np.arange(1, len(t_pilot) - 1), np.log(info["steps"])))
+    return grid, steps, info
 
 
 def summarize(log_w):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ais import SeededNoise, ais, fitted_reference, summarize
+from ais import SeededNoise, ais, fitted_reference, summarize, tune
 from backends import setup_device
 from configurator import configure, fail, require
 from dataset import check_finite, load_split, to_tensor
@@ -391,6 +391,9 @@ def main(argv):
         ais_mala=1,              # MALA moves per level
         ais_step=1.0,            # MALA step h = ais_step * d^(-1/3), preconditioned by the reference Gaussian
         ais_transport=True,      # move the chains by the reference Gaussian's map between levels (ais.py)
+        ais_tune=16,             # chains of a pilot run (own seeds, weights discarded) that fixes the grid of t and MALA h
+                                 # per level (ais.tune); 0 = no pilot: the Gaussian's grid and ais_step at every level
+        ais_tune_levels=512,     # levels of the pilot run
         batch_size=256,          # images per forward pass
         device="auto",           # "auto" = cuda if available, else cpu; cpu, cuda, cuda:N
         seed=0,                  # seed of the noise draws
@@ -491,18 +494,30 @@ def certify(model, logp, c, d, quantized, config, device):
     else:
         train, _ = load_split(config["data_dir"], "train")
         ref, ref_from = fitted_reference(train[:50_000]).to(device), "a stationary Gaussian fitted to the training split"
+    t0, tuned, pilot_nfe = time.time(), dict(), 0
+    run = dict(t_max=config["t_max"], n_levels=config["ais_steps"], mala_steps=config["ais_mala"], step=config["ais_step"],
+               transport=config["ais_transport"])
+    if config["ais_tune"] > 0:          # the pilot: its own seeds (disjoint from the chains'); rank 0's grid and h for all
+        pilot = range(config["seed"] + 10 ** 9, config["seed"] + 10 ** 9 + config["ais_tune"])
+        grid, steps, pilot_info = tune(model, ref, SeededNoise(pilot, device), config["ais_steps"],
+                                       pilot_levels=config["ais_tune_levels"], **{k: v for k, v in run.items() if k != "n_levels"})
+        shared = [(grid, steps, pilot_info["nfe"])]
+        if ddp:
+            dist.broadcast_object_list(shared, src=0)
+        grid, steps, pilot_nfe = shared[0]
+        tuned = dict(grid=grid, steps=steps)
     seeds = list(range(config["seed"], config["seed"] + config["ais_chains"]))[rank::world]
-    t0, parts = time.time(), []
+    parts = []
     for i in range(0, len(seeds), config["batch_size"]):
-        log_w, info = ais(model, ref, SeededNoise(seeds[i:i + config["batch_size"]], device), config["t_max"],
-                          config["ais_steps"], config["ais_mala"], config["ais_step"], config["ais_transport"])
-        parts.append((seeds[i:i + config["batch_size"]], log_w.cpu().numpy(), info["acceptance"]))
+        log_w, info = ais(model, ref, SeededNoise(seeds[i:i + config["batch_size"]], device), **run, **tuned)
+        parts.append((seeds[i:i + config["batch_size"]], log_w.cpu().numpy(), info["acceptance"], info["ess"]))
     if ddp:
         gathered = [None] * world
         dist.all_gather_object(gathered, parts)
         parts = [p for g in gathered for p in g]
     log_w = np.concatenate([p[1] for p in parts])
     acceptance = np.mean([p[2] for p in parts], axis=0)                 # per level, over the batches
+    ess_trace = np.mean([p[3] for p in parts], axis=0)                  # ESS after each level (within a batch)
     log_z, log_z_se, ess = summarize(log_w)
     to_bpd = 1 / (d * math.log(2))
     U0 = -logp - c                                                        # U(x, 0) per image
@@ -514,7 +529,9 @@ def certify(model, logp, c, d, quantized, config, device):
                 ais_nfe_per_chain=info["nfe"], ais_acceptance_min=float(acceptance.min()),
                 ais_acceptance_mean=float(acceptance.mean()), ais_acceptance=acceptance[::max(1, len(acceptance) // 64)].tolist(),
                 ais_log_z_reference=info["log_z_ref"], ais_reference=ref_from, ais_length=info["length"],
-                ais_seconds=time.time() - t0)
+                ais_tuned=bool(tuned), ais_pilot_chains=config["ais_tune"] if tuned else 0, ais_nfe_per_pilot_chain=pilot_nfe, ais_h=info["steps"][::max(1, len(acceptance) // 64)].tolist(),
+                ais_t=info["t"][1:-1][::max(1, len(acceptance) // 64)].tolist(),
+                ais_ess_trace=ess_trace[::max(1, len(ess_trace) // 64)].tolist(), ais_seconds=time.time() - t0)
 
 
 def print_table(r, path):

@@ -309,6 +309,34 @@ def test_ais_recovers_log_z_of_a_non_gaussian_energy_known_by_quadrature():
         assert abs(log_z - log_z_true) < 3 * se, (transport, log_z, log_z_true, se)
 
 
+def test_tuned_ais_fixes_a_bad_step_and_still_recovers_log_z():
+    """ais.tune on the quadrature energy above, started from a MALA step 30 times too large (acceptance near 0
+    untuned): the pilot's h per level bring the fresh run's acceptance to every level above 0.3, its grid
+    decreases strictly from t_max to 0 with the requested number of levels, and the tuned run (fresh seeds,
+    h and grid fixed) still recovers the quadrature log Z within 3 standard errors."""
+    from ais import ais, summarize, tune
+    s2, d = 0.5, 4
+    ref = StationaryGaussian(1, (2, 2)).double()
+    ref.set(torch.zeros(1, dtype=torch.float64), torch.full((2, 2, 1, 1), s2, dtype=torch.complex128))
+
+    def energy(y, t):
+        y, t = y.double(), t.double()
+        return (ref(y, t) + 1.5 * torch.cos(2 * y).flatten(1).sum(dim=1) / (1 + t)).float()
+
+    z = np.linspace(-12, 12, 200_001)
+    log_z_true = d * math.log(np.trapezoid(np.exp(-z ** 2 / (2 * s2) - 1.5 * np.cos(2 * z)), z))
+    _, untuned = ais(energy, ref, OneGenerator(64, 3), n_levels=64, step=30.0)
+    assert untuned["acceptance"].mean() < 0.1
+    grid, steps, pilot = tune(energy, ref, OneGenerator(64, 4), 256, pilot_levels=128, step=30.0)
+    assert len(grid) == 257 and grid[0] == 1e3 and grid[-1] == 0 and (np.diff(grid) < 0).all()
+    assert len(steps) == 255 and (steps > 0).all() and len(pilot["inc_sd"]) == 128
+    log_w, info = ais(energy, ref, OneGenerator(512, 5), grid=grid, steps=steps)
+    assert info["acceptance"].min() > 0.3
+    log_z, se, ess = summarize(log_w.numpy())
+    assert se < 0.1, se
+    assert abs(log_z - log_z_true) < 3 * se, (log_z, log_z_true, se)
+
+
 def test_probes_rise_for_random_confining_models_and_match_the_bound():
     """eval.probes on randomly initialized new-default models: along every probe, at t = 0 and t_max, -log p
     at the far end exceeds the data's, and the rise is at least the Gaussian term's rise minus 2 B / ln 2 bits/dim."""
