@@ -8,6 +8,8 @@ With y = x + sqrt(t) z, r = y - x and d the number of values per sample:
            = (0.5 * (1 - ||z||^2/d) - (t/d) dU/dt)^2                 (the form computed here)
     loss   space + time_weight * time                                time_weight=0: single SM
 
+and, for an energy with a Gaussian term (U = U_G + R), the penalty on mass off the data (mass_penalty).
+
 The computed forms are algebraically identical to the paper's but stay finite and accurate in fp32
 from t = 1e-9 to 1e3 (r/t alone would be ~3e4 at t = 1e-9).
 """
@@ -66,3 +68,23 @@ def denoiser_score_matching(f_fn, x, t=None, generator=None):
     shape = (-1, *[1] * (x.dim() - 1))
     space = (t.sqrt().view(shape) * f - z).pow(2).flatten(1).mean(dim=1)
     return {"loss": space, "space": space}
+
+
+def mass_penalty(model, n, generator=None):
+    """relu(log mean_i exp(-R(y_i, t_i))) / d over n draws y_i ~ N(m, Sigma + t_i I) of the model's Gaussian
+    term, t_i log-uniform as in training (docs/normalization.md §7). A scalar; 0 when R >= 0 on every draw.
+
+    For U = U_G + R, Z(t) / Z_G = E_{y ~ N(m, Sigma + t I)} exp(-R(y, t)), which is 1 for every t when the model
+    is normalized with c = log Z_G. The Gaussian's draws at small t are not images: the true R is large there
+    and the batch mean of exp(-R) is below 1 (the draws miss the data's region, where R < 0 holds the rest).
+    Dual score matching never sees those points (noisy data do not reach them), so nothing else stops the
+    network from giving them R << 0, mass that a normalized model does not have (docs/normalization.md §6).
+    The penalty is zero whenever the draws carry no more mass than under the Gaussian."""
+    if getattr(model, "gaussian", None) is None:
+        raise ValueError("mass_penalty needs a model with a Gaussian term (--gaussian_term=True)")
+    device = model.gaussian.eig.device
+    t = sample_t(n, generator=generator, device=device)
+    y = model.gaussian.sample(n, 0.0, generator).to(torch.float32)
+    y = y + t.sqrt().view(-1, 1, 1, 1) * torch.randn(y.shape, generator=generator, device=device)
+    R = model.network_term(y, t)
+    return torch.relu(torch.logsumexp(-R, 0) - math.log(n)) / y[0].numel()

@@ -32,7 +32,7 @@ from backends import full_precision, setup_device
 from configurator import config_block, configure, fail, require
 from dataset import check_finite, covariance_spectrum, load_split, stationary_spectrum, to_tensor
 from eval import json_safe, log_norm_const, nll_bits_per_dim, noisy_energies, score_matching_terms
-from losses import denoiser_score_matching, dual_score_matching
+from losses import denoiser_score_matching, dual_score_matching, mass_penalty
 from model import UNetConfig, build_model, count_parameters
 
 # ----------------------------------------------------------------------------- config
@@ -41,6 +41,7 @@ data_dir = "data/imagenet64"      # folder with train.npy and val.npy, (N, H, W,
 out_dir = "out/imagenet64"        # config, logs and checkpoints; an existing ckpt.pt is resumed
 kind: Literal["energy", "denoiser"] = "energy"   # "energy": U(y, t) by dual SM; "denoiser": the plain score network baseline
 time_weight = 1.0                 # weight of the time score matching term; 0 = single score matching
+norm_weight = 0.0                 # weight of the off-data mass penalty (losses.mass_penalty, docs/normalization.md §7); 0 = off
 max_steps = 1_000_000             # optimizer steps
 batch_size = 128                  # GLOBAL batch (images per step), split across ranks and grad_accum
 grad_accum = 1                    # micro-batches per rank and step (same result, less memory)
@@ -111,7 +112,8 @@ try:
                           ("ema_halflife_images", ema_halflife_images >= 0, ">= 0 (0 = no EMA)"),
                           ("data_var", data_var is None or data_var > 0, "> 0 or None (measured)"),
                           ("spectrum_floor", spectrum_floor > 0, "> 0 (a fraction of the pixel variance)"),
-                          ("energy_bound", energy_bound is None or energy_bound > 0, "> 0 or None (unbounded)")):
+                          ("energy_bound", energy_bound is None or energy_bound > 0, "> 0 or None (unbounded)"),
+                          ("norm_weight", norm_weight >= 0, ">= 0 (0 = no penalty)")):
         if not (ok and math.isfinite(config[key] if config[key] is not None else 0.0)):
             raise ValueError(f"--{key}={config[key]}: must be {need}")
     for key in ("max_steps", "batch_size", "grad_accum", "lr_halve_every", "log_interval", "eval_interval",
@@ -150,6 +152,8 @@ if ddp:
 else:
     rank, world_size = 0, 1
 master = rank == 0                                                      # only rank 0 prints and writes
+require(norm_weight == 0 or (kind == "energy" and gaussian_term), f"--norm_weight={norm_weight} penalizes the network "
+        f"term of an energy with a Gaussian term; use it with --kind=energy --gaussian_term=True, or set --norm_weight=0")
 require(batch_size % (world_size * grad_accum) == 0, f"--batch_size={batch_size} must be divisible by "
         f"world_size * grad_accum = {world_size} * {grad_accum}")
 chunk_size = batch_size // (world_size * grad_accum)                   # images per micro-batch
@@ -385,7 +389,10 @@ while step < max_steps:
         with model.no_sync() if ddp and k < grad_accum - 1 else nullcontext():
             terms = loss_terms(model, x, g)
             # DDP averages the ranks' gradients: this is the gradient of the mean over the global batch
-            (terms["loss"].sum() * (world_size / batch_size)).backward()
+            total = terms["loss"].sum() * (world_size / batch_size)
+            if norm_weight > 0:
+                total = total + norm_weight * mass_penalty(raw_model, x.shape[0], g) * (chunk_size / batch_size) * world_size
+            total.backward()
         zero = torch.zeros((), device=device)
         sums += torch.stack([zero + x.shape[0], terms["loss"].detach().sum(), terms["space"].detach().sum(),
                              terms["time"].detach().sum() if "time" in terms else zero]).double()

@@ -183,3 +183,49 @@ def test_bad_inputs_raise():
         dual_score_matching(exact_energy(mu, s2), samples(mu, s2, 3), torch.ones(2))
     with pytest.raises(ValueError, match="one energy per sample"):
         energy_and_scores(lambda y, t: y, samples(mu, s2, 3), torch.ones(3))
+
+
+def test_mass_penalty_is_zero_at_the_gaussian_and_weighs_the_most_negative_draws():
+    """losses.mass_penalty: 0 (and no gradient) for a model that is exactly its Gaussian term; a/d for R = -a on
+    every draw; in general relu(log mean exp(-R)) / d, whose gradient in R is -softmax(-R) / d: the draws the
+    network gives the most mass carry the push. The draws follow N(m, Sigma + t I) (same generator: same draws)."""
+    from losses import mass_penalty
+    from model import EnergyUNet, UNetConfig
+    cfg = UNetConfig(channels=1, base_width=4, num_scales=2, layers_per_block=2, emb_dim=8, num_freqs=4,
+                     t_embedding="log", scale_energy=True, data_var=0.04, gaussian_term=True, image_size=(8, 8),
+                     energy_bound=1.0, zero_init_out=True)
+    model = EnergyUNet(cfg)
+    P = torch.full((8, 8, 1, 1), 0.01, dtype=torch.complex128)
+    model.set_gaussian(torch.tensor([0.5]), P)
+    p = mass_penalty(model, 16, torch.Generator().manual_seed(0))
+    p.backward()
+    assert p.item() == 0.0 and all(q.grad is None or q.grad.abs().max() == 0 for q in model.parameters())
+
+    seen = []
+
+    class Stub(torch.nn.Module):                      # R from a leaf tensor we can differentiate against
+        def __init__(self, R):
+            super().__init__()
+            self.gaussian, self.R = model.gaussian, R
+
+        def network_term(self, y, t):
+            seen.append((y.detach().clone(), t.detach().clone()))
+            return self.R
+
+    d = 64
+    const = mass_penalty(Stub(torch.full((16,), -3.0)), 16, torch.Generator().manual_seed(1))
+    assert const.item() == pytest.approx(3.0 / d, rel=1e-6)
+    R = torch.tensor([5.0, -2.0, 1.0, -4.0], requires_grad=True)
+    p = mass_penalty(Stub(R), 4, torch.Generator().manual_seed(2))
+    expected = math.log(torch.exp(-R.detach()).mean().item()) / d
+    assert p.item() == pytest.approx(expected, rel=1e-6)
+    p.backward()
+    torch.testing.assert_close(R.grad, -torch.softmax(-R.detach(), 0) / d)
+    assert mass_penalty(Stub(torch.tensor([1.0, 2.0])), 2, torch.Generator().manual_seed(3)).item() == 0.0
+    # the draws: many of them at one t have the Gaussian's mean and the covariance's trace + t d
+    mass_penalty(Stub(torch.zeros(4000)), 4000, torch.Generator().manual_seed(4))
+    y, t = seen[-1]
+    assert (t > 0).all() and t.min() < 1e-6 and t.max() > 1e2            # log-uniform over [1e-9, 1e3]
+    small = t < 1e-3                                                      # here the Gaussian's own spread dominates
+    var = (y[small] - 0.5).pow(2).mean().item()
+    assert var == pytest.approx(0.01, rel=0.05)

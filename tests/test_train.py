@@ -54,8 +54,10 @@ def data_dir(tmp_path_factory):
 
 
 def test_ddp_gradients_equal_single_process(data_dir, tmp_path):
-    """2 ranks (gloo) x 1 micro-batch of 2 and 1 process x 2 micro-batches of 2 see the same global batch."""
-    common = [f"--data_dir={data_dir}", "--max_steps=1", "--zero_init_out=False"]   # zeroed: only the last conv moves at step 1
+    """2 ranks (gloo) x 1 micro-batch of 2 and 1 process x 2 micro-batches of 2 see the same global batch, the
+    mass penalty's Gaussian draws included (one generator per micro-batch)."""
+    common = [f"--data_dir={data_dir}", "--max_steps=1", "--zero_init_out=False",   # zeroed: only the last conv moves at step 1
+              "--norm_weight=10"]
     ddp = start(*common, f"--out_dir={tmp_path / 'ddp'}", f"--grad_dump={tmp_path / 'ddp.pt'}",
                 launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
     single = finish(start(*common, "--grad_accum=2", f"--out_dir={tmp_path / 'single'}",
