@@ -182,6 +182,23 @@ def tune(energy_fn, ref, noise, n_levels, pilot_levels=512, uniform=0.2, **kwarg
     return grid, steps, info
 
 
+def importance(energy_fn, ref, n, generator, batch_size=256):
+    """Plain importance sampling of Z(0) from the reference Gaussian at t = 0: y ~ N(m, Sigma),
+    log w = -U(y, 0) + U_G(y, 0) + log Z_G, so E[w] = Z(0). This is AIS with no move (the transport alone
+    carries a draw from t_max to an exact draw at t = 0), and n draws cost n forward passes. The better tool
+    when the model stays close to its Gaussian (a high ESS says so); blind to mass where the Gaussian's draws
+    never go. Returns log w (n,) float64."""
+    ref64 = copy.deepcopy(ref).double()
+    parts = []
+    for i in range(0, n, batch_size):
+        y = ref64.sample(min(batch_size, n - i), 0.0, generator)
+        t = torch.zeros(len(y), dtype=torch.float64, device=y.device)
+        with torch.no_grad():
+            U = energy_fn(y.float(), t.float()).double()
+        parts.append(-U + ref64(y, t) + ref64.log_z())
+    return torch.cat(parts)
+
+
 def summarize(log_w):
     """(log Z = log mean w, its standard error by the delta method, effective sample size) from log w (n,)."""
     log_w = np.asarray(log_w, dtype=np.float64)

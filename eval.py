@@ -5,6 +5,7 @@
     python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --denoiser_ckpt=out_den/ckpt.pt
     python eval.py --ckpt=out/ckpt.pt --data_dir=data/imagenet64 --ode_images=64   # + ODE check
     python eval.py --ckpt=out/ckpt.pt --data_dir=data/patches --ais_chains=64 --ais_steps=1024   # + AIS certificate
+    python eval.py --ckpt=out/ckpt.pt --data_dir=data/patches --is_draws=100000                  # + importance sampling
     torchrun --standalone --nproc_per_node=8 eval.py --ckpt=... --data_dir=... --ais_chains=1024   # chains split over ranks
 
 Writes OUT/results.json (OUT defaults to the checkpoint's folder) and prints a short table:
@@ -18,6 +19,8 @@ Writes OUT/results.json (OUT defaults to the checkpoint's folder) and prints a s
     ais_*                       the normalization certificate (ais.py, docs/normalization.md): log Z(0) by
                                 annealed importance sampling along t, the NLL it certifies, U(x, 0) + log Z_AIS,
                                 and ais_delta_bpd = one-pass NLL - certified NLL = (c - log Z_AIS) / (d ln 2)
+    is_*                        the same from plain importance sampling of the reference Gaussian at t = 0
+                                (--is_draws): a second estimate, better than AIS when the model stays near its Gaussian
 
 The functions below are the building blocks that train.py, sample.py and figures.py use. Each
 takes any energy callable (y, t) -> (B,) in nats, so analytic energies plug in (tests do this)
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ais import SeededNoise, ais, fitted_reference, summarize, tune
+from ais import SeededNoise, ais, fitted_reference, importance, summarize, tune
 from backends import setup_device
 from configurator import configure, fail, require
 from dataset import check_finite, load_split, to_tensor
@@ -394,6 +397,8 @@ def main(argv):
         ais_tune=16,             # chains of a pilot run (own seeds, weights discarded) that fixes the grid of t and MALA h
                                  # per level (ais.tune); 0 = no pilot: the Gaussian's grid and ais_step at every level
         ais_tune_levels=512,     # levels of the pilot run
+        is_draws=0,              # importance sampling of log Z(0) from the reference Gaussian at t = 0 (ais.importance):
+                                 # draws (split over ranks); 0 = skip. A second, independent estimate beside AIS
         batch_size=256,          # images per forward pass
         device="auto",           # "auto" = cuda if available, else cpu; cpu, cuda, cuda:N
         seed=0,                  # seed of the noise draws
@@ -469,7 +474,7 @@ def main(argv):
         results.update(bracket_nll_bpd_lo=nll_bits_per_dim(mean_U0, log_z_g - slack, d, quantized),
                        bracket_nll_bpd_hi=nll_bits_per_dim(mean_U0, log_z_g + slack, d, quantized),
                        gaussian_normalized_nll_bpd=nll_bits_per_dim(mean_U0, log_z_g, d, quantized), log_z_gaussian=log_z_g)
-    if config["ais_chains"] > 0:
+    if config["ais_chains"] > 0 or config["is_draws"] > 0:
         results.update(certify(model, logp, c, d, quantized, config, device))
     if "RANK" in os.environ and int(os.environ["RANK"]) != 0:
         return results
@@ -482,8 +487,9 @@ def main(argv):
 
 
 def certify(model, logp, c, d, quantized, config, device):
-    """The AIS certificate of log Z(0) (ais.py) and the NLL it certifies beside the one-pass NLL; results keys
-    ais_* (module docstring). Chains are seeded one by one and split over the ranks of torchrun (rank 0 gathers).
+    """The certificates of log Z(0) (ais.py: AIS, and importance sampling from the Gaussian) and the NLL each
+    certifies beside the one-pass NLL; results keys ais_* and is_* (module docstring). AIS chains are seeded one
+    by one, importance draws by one generator per rank; both are split over the ranks of torchrun (rank 0 gathers).
     The reference Gaussian is the model's own Gaussian term, else one fitted to the training split."""
     ddp = "RANK" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
@@ -506,6 +512,26 @@ def certify(model, logp, c, d, quantized, config, device):
             dist.broadcast_object_list(shared, src=0)
         grid, steps, pilot_nfe = shared[0]
         tuned = dict(grid=grid, steps=steps)
+    to_bpd = 1 / (d * math.log(2))
+    U0 = -logp - c                                                        # U(x, 0) per image
+    mean_U0, se_U0 = mean_and_stderr(U0)
+    results = {}
+    if config["is_draws"] > 0:                # importance sampling: seed + 2e9 + rank, the rank's share of the draws
+        g = torch.Generator(device).manual_seed(config["seed"] + 2 * 10 ** 9 + rank)
+        n = config["is_draws"] // world + (rank < config["is_draws"] % world)
+        log_w = [importance(model, ref, n, g, config["batch_size"]).cpu().numpy()]
+        if ddp:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, log_w)
+            log_w = [p for part in gathered for p in part]
+        log_w = np.concatenate(log_w)
+        log_z, log_z_se, ess = summarize(log_w)
+        results.update(is_log_z=log_z, is_log_z_se=log_z_se, is_ess=ess, is_draws=len(log_w),
+                       is_nll_bpd=nll_bits_per_dim(mean_U0, log_z, d, quantized),
+                       is_nll_bpd_se=math.sqrt(se_U0 ** 2 + log_z_se ** 2) * to_bpd, is_delta_bpd=(c - log_z) * to_bpd,
+                       is_log_z_reference=ref.log_z(), is_reference=ref_from)
+    if config["ais_chains"] == 0:
+        return results
     seeds = list(range(config["seed"], config["seed"] + config["ais_chains"]))[rank::world]
     parts = []
     for i in range(0, len(seeds), config["batch_size"]):
@@ -519,11 +545,8 @@ def certify(model, logp, c, d, quantized, config, device):
     acceptance = np.mean([p[2] for p in parts], axis=0)                 # per level, over the batches
     ess_trace = np.mean([p[3] for p in parts], axis=0)                  # ESS after each level (within a batch)
     log_z, log_z_se, ess = summarize(log_w)
-    to_bpd = 1 / (d * math.log(2))
-    U0 = -logp - c                                                        # U(x, 0) per image
-    mean_U0, se_U0 = mean_and_stderr(U0)
     nll_ais = nll_bits_per_dim(mean_U0, log_z, d, quantized)
-    return dict(ais_log_z=log_z, ais_log_z_se=log_z_se, ais_nll_bpd=nll_ais,
+    return results | dict(ais_log_z=log_z, ais_log_z_se=log_z_se, ais_nll_bpd=nll_ais,
                 ais_nll_bpd_se=math.sqrt(se_U0 ** 2 + log_z_se ** 2) * to_bpd, ais_delta_bpd=(c - log_z) * to_bpd,
                 ais_delta_bpd_se=log_z_se * to_bpd, ais_ess=ess, ais_chains=len(log_w), ais_levels=config["ais_steps"],
                 ais_nfe_per_chain=info["nfe"], ais_acceptance_min=float(acceptance.min()),
@@ -556,6 +579,10 @@ def print_table(r, path):
     if "bracket_nll_bpd_lo" in r:
         print(f"NLL bracket      = [{r['bracket_nll_bpd_lo']:.4f}, {r['bracket_nll_bpd_hi']:.4f}] {unit} by the energy bound "
               f"(|log Z(0) - log Z_G| <= B d; normalized by Z_G: {r['gaussian_normalized_nll_bpd']:.4f})")
+    if "is_log_z" in r:
+        print(f"importance sampling from the Gaussian ({r['is_draws']} draws, ESS {r['is_ess']:.1f}): log Z(0) = "
+              f"{r['is_log_z']:.3f} +- {r['is_log_z_se']:.3f} nats; certified NLL = {r['is_nll_bpd']:.4f} +- "
+              f"{r['is_nll_bpd_se']:.4f}; one-pass - certified = {r['is_delta_bpd']:.4f} bits/dim")
     if "ais_log_z" in r:
         print(f"AIS ({r['ais_chains']} chains x {r['ais_levels']} levels, {r['ais_nfe_per_chain']} evaluations/chain, "
               f"ESS {r['ais_ess']:.1f}, MALA acceptance min {r['ais_acceptance_min']:.2f} mean {r['ais_acceptance_mean']:.2f}): "

@@ -307,6 +307,10 @@ def test_ais_recovers_log_z_of_a_non_gaussian_energy_known_by_quadrature():
         log_z, se, ess = summarize(log_w.numpy())
         assert se < max_se, (transport, se)
         assert abs(log_z - log_z_true) < 3 * se, (transport, log_z, log_z_true, se)
+    # plain importance sampling from the Gaussian at t = 0 (AIS without moves): unbiased too
+    from ais import importance
+    log_z, se, ess = summarize(importance(energy, ref, 100_000, torch.Generator().manual_seed(2), 8192).numpy())
+    assert se < 0.025 and abs(log_z - log_z_true) < 3 * se, (log_z, log_z_true, se)
 
 
 def test_tuned_ais_fixes_a_bad_step_and_still_recovers_log_z():
@@ -387,6 +391,11 @@ def test_eval_certifies_a_model_that_is_exactly_its_gaussian(tmp_path):
     assert r["ais_ess"] > 15.99 and r["ais_log_z_se"] < 1e-3
     assert abs(r["log_norm_const"] - r["ais_log_z"]) < 4 * r["log_norm_const_stderr"]
     assert r["ais_nfe_per_chain"] == 1 + 16 + 15 and r["ais_chains"] == 16
+    # importance sampling from the Gaussian: every weight equal too
+    ri = eval_script.main([f"--ckpt={tmp_path / 'ckpt.pt'}", f"--data_dir={data}", "--psnr_images=0", "--device=cpu",
+                           "--is_draws=300", "--batch_size=128", f"--out={tmp_path / 'is'}"])
+    assert "ais_log_z" not in ri and ri["is_draws"] == 300 and ri["is_ess"] > 299.99
+    assert abs(ri["is_log_z"] - model.gaussian.log_z()) < 1e-3 * abs(model.gaussian.log_z()) and ri["is_log_z_se"] < 1e-3
     assert r["ais_delta_bpd"] == pytest.approx((r["log_norm_const"] - r["ais_log_z"]) / (64 * math.log(2)))
     # the bracket of the energy bound holds the certified NLL, and is 2 B / ln 2 bits/dim wide
     assert r["bracket_nll_bpd_lo"] < r["ais_nll_bpd"] < r["bracket_nll_bpd_hi"]
