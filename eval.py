@@ -396,7 +396,7 @@ def main(argv):
         ais_transport=True,      # move the chains by the reference Gaussian's map between levels (ais.py)
         ais_tune=16,             # chains of a pilot run (own seeds, weights discarded) that fixes the grid of t and MALA h
                                  # per level (ais.tune); 0 = no pilot: the Gaussian's grid and ais_step at every level
-        ais_tune_levels=512,     # levels of the pilot run
+        ais_tune_levels=512,     # levels of the pilot run (at most ais_steps)
         is_draws=0,              # importance sampling of log Z(0) from the reference Gaussian at t = 0 (ais.importance):
                                  # draws (split over ranks); 0 = skip. A second, independent estimate beside AIS
         batch_size=256,          # images per forward pass
@@ -506,7 +506,7 @@ def certify(model, logp, c, d, quantized, config, device):
     if config["ais_tune"] > 0:          # the pilot: its own seeds (disjoint from the chains'); rank 0's grid and h for all
         pilot = range(config["seed"] + 10 ** 9, config["seed"] + 10 ** 9 + config["ais_tune"])
         grid, steps, pilot_info = tune(model, ref, SeededNoise(pilot, device), config["ais_steps"],
-                                       pilot_levels=config["ais_tune_levels"], **{k: v for k, v in run.items() if k != "n_levels"})
+                                       pilot_levels=min(config["ais_tune_levels"], config["ais_steps"]), **{k: v for k, v in run.items() if k != "n_levels"})
         shared = [(grid, steps, pilot_info["nfe"])]
         if ddp:
             dist.broadcast_object_list(shared, src=0)
