@@ -46,3 +46,9 @@ for S in 4 8; do
         done
     done
 done
+
+# ----------------------------------------------------------------------------- where the mass goes
+for run in p8_B1.0 p8_s600_w1 p4_s600_w0 p4_s600_w1; do
+    S=${run:1:1}
+    [ -f $OUT/$run.where_mass.json ] || python results/cpu/normalization/small/where_mass.py --ckpt=$R/$run/ckpt.pt --data_dir=data/patches$S > $OUT/$run.where_mass.json
+done
