@@ -41,7 +41,8 @@ data_dir = "data/imagenet64"      # folder with train.npy and val.npy, (N, H, W,
 out_dir = "out/imagenet64"        # config, logs and checkpoints; an existing ckpt.pt is resumed
 kind: Literal["energy", "denoiser"] = "energy"   # "energy": U(y, t) by dual SM; "denoiser": the plain score network baseline
 time_weight = 1.0                 # weight of the time score matching term; 0 = single score matching
-norm_weight = 0.0                 # weight of the off-data mass penalty (losses.mass_penalty, docs/normalization.md §7); 0 = off
+norm_weight = 1.0                 # weight of the off-data mass penalty (losses.mass_penalty, docs/method.md §10); 0 = off;
+                                  # acts on the network term of an energy with a Gaussian term, no effect without one
 max_steps = 1_000_000             # optimizer steps
 batch_size = 128                  # GLOBAL batch (images per step), split across ranks and grad_accum
 grad_accum = 1                    # micro-batches per rank and step (same result, less memory)
@@ -67,8 +68,9 @@ deterministic = False             # deterministic cuDNN / cuBLAS algorithms: bit
 # model: the fields of model.UNetConfig but channels, data_spectrum and image_size (measured on the data).
 # Defaults: the paper's UNet (docs/method.md §2.1) with a confining energy (docs/normalization.md, §9):
 # U = U_G + B d tanh(r / (B d)), U_G the stationary Gaussian fitted to the training set, B = energy_bound
-# nats/dim, r = 0.5 <y - m, f> / (s^2 + t), the last conv zeroed so training starts from U_G, and log-t
-# noise conditioning. Two other settings of the same keys:
+# nats/dim, r = 0.5 <y - m, f> / (s^2 + t), the last conv zeroed so training starts from U_G, log-t noise
+# conditioning, and the penalty on mass off the data (norm_weight, docs/method.md §10). Other settings:
+#   confining, no penalty: --norm_weight=0
 #   the previous default:  --gaussian_term=False --energy_bound=None --zero_init_out=False --analytic_term=True
 #   the paper's model:     --gaussian_term=False --energy_bound=None --zero_init_out=False --scale_energy=False --t_embedding=paper
 base_width = 64                   # channels at the finest scale; doubles at each coarser scale
@@ -152,8 +154,6 @@ if ddp:
 else:
     rank, world_size = 0, 1
 master = rank == 0                                                      # only rank 0 prints and writes
-require(norm_weight == 0 or (kind == "energy" and gaussian_term), f"--norm_weight={norm_weight} penalizes the network "
-        f"term of an energy with a Gaussian term; use it with --kind=energy --gaussian_term=True, or set --norm_weight=0")
 require(batch_size % (world_size * grad_accum) == 0, f"--batch_size={batch_size} must be divisible by "
         f"world_size * grad_accum = {world_size} * {grad_accum}")
 chunk_size = batch_size // (world_size * grad_accum)                   # images per micro-batch
@@ -390,7 +390,7 @@ while step < max_steps:
             terms = loss_terms(model, x, g)
             # DDP averages the ranks' gradients: this is the gradient of the mean over the global batch
             total = terms["loss"].sum() * (world_size / batch_size)
-            if norm_weight > 0:
+            if norm_weight > 0 and kind == "energy" and gaussian_term:
                 total = total + norm_weight * mass_penalty(raw_model, x.shape[0], g) * (chunk_size / batch_size) * world_size
             total.backward()
         zero = torch.zeros((), device=device)
