@@ -96,9 +96,10 @@ def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0,
     (tune), else K = n_levels at equal steps of the Gaussian's thermodynamic length. step: MALA step
     h = step * d^(-1/3) at every level, unless steps gives h per level (K - 1,), fixed in advance (tune).
     adapt: a pilot run that changes h after each level toward MALA acceptance target (log h += 2 (acceptance -
-    target)), and repeats a level's moves (up to 8 times) while its acceptance is off target by more than 0.2;
-    its h depend on the chains' own moves, so its weights are not an AIS estimate (tune uses its h and grid for
-    a fresh run). Returns (log w (B,) float64, info) with info = dict(log_z_ref, t (K + 1,), the Gaussian's
+    target)), and repeats its first level's moves (up to 8 times) while the acceptance there is off target by
+    more than 0.2 (the step a run starts from is a guess); later levels move once, as the fresh run will, so
+    the pilot's increments measure the fresh run's difficulty. Its h depend on the chains' own moves, so its
+    weights are not an AIS estimate (tune uses its h and grid for a fresh run). Returns (log w (B,) float64, info) with info = dict(log_z_ref, t (K + 1,), the Gaussian's
     thermodynamic length L, nfe per chain, and per level: acceptance and h (K - 1,), ess (K,): the weights' ESS
     after the level, inc_sd (K,): the spread over chains of the level's log-weight increment, where the
     weights degenerate)."""
@@ -138,7 +139,7 @@ def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0,
         if k == len(t) - 1:                                        # moves at the last level cannot change E[w]
             break
         h_k = float(steps[k - 1]) if steps is not None else h
-        for attempt in range(8 if adapt else 1):       # a pilot retries a level whose acceptance is far off target
+        for attempt in range(8 if adapt and k == 1 else 1):   # a pilot retries its first level until h fits there
             accepted = 0.0
             for _ in range(mala_steps):
                 y, U32, grad_y, acc = mala_step(energy_fn, y, U.to(y.dtype), grad_y, t[k], h_k, noise, precond_at(t[k]))
@@ -147,7 +148,7 @@ def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0,
             if not adapt:
                 break
             h = h_k * math.exp(2.0 * (accepted - target))
-            if abs(accepted - target) <= 0.2:
+            if abs(accepted - target) <= 0.2 or attempt == 7 or k > 1:
                 break
             h_k = h
         acceptance.append(accepted)

@@ -3,6 +3,7 @@
     python results/cpu/normalization/report.py        # prints markdown
 """
 import json
+import math
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,7 +36,7 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b02
 print()
 print("| run | shift -16 | shift +16 | contrast x64 | noise std 16 | direction +16 | at t = 1e3: shift +16 |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b025"):
+for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b025", "patches_pen"):
     p = load(run, "probes.json")
     if p is None:
         continue
@@ -68,7 +69,20 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b02
 print()
 print("| run | denoised PSNR (dB) at input 90 75 60 45 30 15 0 -15 -30 |")
 print("|---|---|")
-for run in ("patches_old", "patches_new", "patches_new_b025", "grf_old", "grf_new"):
-    e = load(run, "ais128.json") or load(run, "eval.json")
+for run in ("patches_old", "patches_new", "patches_new_b025", "patches_pen", "grf_old", "grf_new"):
+    e = load(run, "ais128.json") or load(run, "ais1024.json") or load(run, "eval.json")
     if e and "psnr" in e:
         print(f"| {run} | " + " ".join(f"{v:.2f}" for v in e["psnr"]["energy"]) + " |")
+
+print()
+print("| run | one-pass NLL | IS: log Z(0) - log Z_G (nats), ESS / draws | min / max R on the draws | certified NLL (IS) | "
+      "AIS 1024 levels: log Z(0) - log Z_G, ESS / chains |")
+print("|---|---|---|---|---|---|")
+for run, name in (("patches_new", "is_check_20000.json"), ("patches_new_b025", "is_check_20000.json"), ("patches_pen", "is_check.json")):
+    i, a = load(run, name), load(run, "ais1024.json")
+    if i is None or a is None:
+        continue
+    d = a["d"]
+    nll_is = a["nll_bpd"] - (a["log_norm_const"] - i["log_z"]) / (d * math.log(2))
+    print(f"| {run} | {a['nll_bpd']:.3f} +- {a['nll_bpd_stderr']:.3f} | {i['log_z_minus_log_z_gaussian']:+.1f}, {i['ess']:.0f} / {i['n']} | "
+          f"{i['R_min']:.0f} / {i['R_max']:.0f} | {nll_is:.3f} | {a['ais_log_z'] - a['ais_log_z_reference']:+.1f}, {a['ais_ess']:.1f} / {a['ais_chains']} |")

@@ -76,3 +76,15 @@ for run in grf_old grf_new patches_old patches_new patches_new_b025 patches_new_
     [ -f $R/$run/samples/samples.json ] && cp $R/$run/samples/samples.json results/cpu/normalization/$run/samples.json
     [ -f $R/$run/samples/samples.png ] && cp $R/$run/samples/samples.png results/cpu/normalization/$run/samples.png
 done
+
+# ----------------------------------------------------------------------------- the mass penalty (train.py's default now)
+$N train.py --preset=cpu --norm_weight=1 --out_dir=$R/patches_pen
+ev patches_pen patches ais1024 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=1024
+pr patches_pen patches 1024
+python results/cpu/normalization/is_check.py --ckpt=$R/patches_pen/ckpt.pt --n=20000 > results/cpu/normalization/patches_pen/is_check.json
+for run in patches_new patches_new_b025; do                 # the same 20000-draw check of the earlier models
+    python results/cpu/normalization/is_check.py --ckpt=$R/$run/ckpt.pt --n=20000 > results/cpu/normalization/$run/is_check_20000.json
+done
+mkdir -p results/cpu/normalization/patches_pen
+cp $R/patches_pen/log.jsonl $R/patches_pen/probes.json $R/patches_pen/probes.png results/cpu/normalization/patches_pen/
+cp $R/patches_pen/ais1024/results.json results/cpu/normalization/patches_pen/ais1024.json
