@@ -22,7 +22,8 @@ import torch
 from configurator import configure, config_block, require
 from eval import pick_device
 from kernels import IMPLS
-from losses import denoiser_score_matching, dual_score_matching
+from dataset import stationary_spectrum
+from losses import denoiser_score_matching, dual_score_matching, mass_penalty
 from model import Denoiser, EnergyUNet, UNetConfig, count_parameters
 
 # ---- config: override with --key=value ------------------------------------------------------------
@@ -39,6 +40,8 @@ warmup = 2                      # untimed steps of each first
 profile_steps = 3               # energy steps under torch.profiler per impl for the breakdown; 0 skips it
 threads = 0                     # torch CPU threads; 0 keeps torch's default (OMP_NUM_THREADS)
 tf32 = False                    # TF32 matrix products and convolutions on CUDA; False = fp32, as train.py's default
+penalty = False                 # also time train.py's default energy (Gaussian term, bound) with and without the mass penalty
+norm_draws = 8                  # the penalty's Gaussian draws per step (train.py --norm_draws)
 # -----------------------------------------------------------------------------------------------------
 globals().update(configure(config_block(globals()), doc=__doc__))
 impl_list = [s.strip() for s in impls.split(",") if s.strip()]
@@ -69,8 +72,24 @@ def make_steps(impl):
             loss_fn(x)["loss"].mean().backward()
             opt.step()
         return step
-    return {"energy": step_of(energy, lambda x: dual_score_matching(energy, x)),
-            "denoiser": step_of(denoiser, lambda x: denoiser_score_matching(denoiser.f, x))}, count_parameters(energy)
+    pair = {"energy": step_of(energy, lambda x: dual_score_matching(energy, x)),
+            "denoiser": step_of(denoiser, lambda x: denoiser_score_matching(denoiser.f, x))}
+    if penalty:                          # the confining energy of train.py's defaults, without and with the penalty
+        conf = UNetConfig(channels=channels, base_width=base_width, num_scales=num_scales, kernel_impl=impl,
+                          gaussian_term=True, image_size=(size, size), energy_bound=1.0, zero_init_out=False,
+                          t_embedding="log", scale_energy=True, data_var=float(x.var()))
+        torch.manual_seed(0)
+        confining = EnergyUNet(conf).to(dev, memory_format=fmt)
+        mean, P, _ = stationary_spectrum(x.permute(0, 2, 3, 1).float().cpu().numpy())
+        confining.set_gaussian(mean, P)
+        confining.to(dev)
+
+        def penalized(x):
+            terms = dual_score_matching(confining, x)
+            return {"loss": terms["loss"] + mass_penalty(confining, norm_draws or x.shape[0], torch.Generator(dev).manual_seed(0))}
+        pair["confining"] = step_of(confining, lambda x: dual_score_matching(confining, x))
+        pair["penalized"] = step_of(confining, penalized)
+    return pair, count_parameters(energy)
 
 
 def sync():
@@ -140,6 +159,10 @@ for (impl, kind), ts in times.items():
 print("energy / denoiser (paper, H100: 3.7x):  "
       + ",  ".join(f"{impl} {med[(impl, 'energy')][0] / med[(impl, 'denoiser')][0]:.2f}x wall "
                    f"{med[(impl, 'energy')][1] / med[(impl, 'denoiser')][1]:.2f}x cpu" for impl in impl_list))
+if penalty:
+    print("penalized / confining (the mass penalty's cost):  " + ",  ".join(
+        f"{impl} {med[(impl, 'penalized')][0] / med[(impl, 'confining')][0]:.2f}x wall "
+        f"{med[(impl, 'penalized')][1] / med[(impl, 'confining')][1]:.2f}x cpu" for impl in impl_list))
 base = impl_list[0]
 for impl in impl_list[1:]:
     print(f"{impl} / {base}:  " + ",  ".join(

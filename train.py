@@ -43,6 +43,7 @@ kind: Literal["energy", "denoiser"] = "energy"   # "energy": U(y, t) by dual SM;
 time_weight = 1.0                 # weight of the time score matching term; 0 = single score matching
 norm_weight = 1.0                 # weight of the off-data mass penalty (losses.mass_penalty, docs/method.md §10); 0 = off;
                                   # acts on the network term of an energy with a Gaussian term, no effect without one
+norm_draws = 8                    # Gaussian draws per micro-batch for the penalty; 0 = as many as images (costlier)
 max_steps = 1_000_000             # optimizer steps
 batch_size = 128                  # GLOBAL batch (images per step), split across ranks and grad_accum
 grad_accum = 1                    # micro-batches per rank and step (same result, less memory)
@@ -115,7 +116,8 @@ try:
                           ("data_var", data_var is None or data_var > 0, "> 0 or None (measured)"),
                           ("spectrum_floor", spectrum_floor > 0, "> 0 (a fraction of the pixel variance)"),
                           ("energy_bound", energy_bound is None or energy_bound > 0, "> 0 or None (unbounded)"),
-                          ("norm_weight", norm_weight >= 0, ">= 0 (0 = no penalty)")):
+                          ("norm_weight", norm_weight >= 0, ">= 0 (0 = no penalty)"),
+                          ("norm_draws", norm_draws >= 0, ">= 0 (0 = the micro-batch size)")):
         if not (ok and math.isfinite(config[key] if config[key] is not None else 0.0)):
             raise ValueError(f"--{key}={config[key]}: must be {need}")
     for key in ("max_steps", "batch_size", "grad_accum", "lr_halve_every", "log_interval", "eval_interval",
@@ -391,7 +393,7 @@ while step < max_steps:
             # DDP averages the ranks' gradients: this is the gradient of the mean over the global batch
             total = terms["loss"].sum() * (world_size / batch_size)
             if norm_weight > 0 and kind == "energy" and gaussian_term:
-                total = total + norm_weight * mass_penalty(raw_model, x.shape[0], g) * (chunk_size / batch_size) * world_size
+                total = total + norm_weight * mass_penalty(raw_model, norm_draws or x.shape[0], g) * (chunk_size / batch_size) * world_size
             total.backward()
         zero = torch.zeros((), device=device)
         sums += torch.stack([zero + x.shape[0], terms["loss"].detach().sum(), terms["space"].detach().sum(),
