@@ -21,7 +21,7 @@ def fmt(v, pattern=".3f"):
 print("| run | one-pass NLL | certified NLL (AIS, S levels) | one-pass - certified | ESS / chains | "
       "certified NLL (2S levels) | MALA acc. min |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b025"):
+for run in ("grf_old", "grf_new", "grf_pen", "patches_old", "patches_new", "patches_new_b025", "patches_pen"):
     a, b = load(run, "ais128.json"), load(run, "ais256.json")
     e = a or load(run, "eval.json")
     if e is None:
@@ -36,7 +36,7 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b02
 print()
 print("| run | shift -16 | shift +16 | contrast x64 | noise std 16 | direction +16 | at t = 1e3: shift +16 |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b025", "patches_pen"):
+for run in ("grf_old", "grf_new", "grf_pen", "patches_old", "patches_new", "patches_new_b025", "patches_pen"):
     p = load(run, "probes.json")
     if p is None:
         continue
@@ -55,7 +55,7 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b02
 print()
 print("| run | log p samples (dB/dim) | log p validation | pixel mean / std samples | validation | exact NLL of samples | entropy |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b025"):
+for run in ("grf_old", "grf_new", "grf_pen", "patches_old", "patches_new", "patches_new_b025", "patches_pen"):
     s = load(run, "samples.json")
     if s is None or "check" not in s:
         continue
@@ -69,7 +69,7 @@ for run in ("grf_old", "grf_new", "patches_old", "patches_new", "patches_new_b02
 print()
 print("| run | denoised PSNR (dB) at input 90 75 60 45 30 15 0 -15 -30 |")
 print("|---|---|")
-for run in ("patches_old", "patches_new", "patches_new_b025", "patches_pen", "grf_old", "grf_new"):
+for run in ("patches_old", "patches_new", "patches_new_b025", "patches_pen", "grf_old", "grf_new", "grf_pen"):
     e = load(run, "ais128.json") or load(run, "ais1024.json") or load(run, "eval.json")
     if e and "psnr" in e:
         print(f"| {run} | " + " ".join(f"{v:.2f}" for v in e["psnr"]["energy"]) + " |")

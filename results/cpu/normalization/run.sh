@@ -88,3 +88,15 @@ done
 mkdir -p results/cpu/normalization/patches_pen
 cp $R/patches_pen/log.jsonl $R/patches_pen/probes.json $R/patches_pen/probes.png results/cpu/normalization/patches_pen/
 cp $R/patches_pen/ais1024/results.json results/cpu/normalization/patches_pen/ais1024.json
+# the GRF with the default now (mass penalty)
+$N train.py $GRF --out_dir=$R/grf_pen
+ev grf_pen grf ais128 --psnr_images=128 --n_draws=4 --ais_chains=32 --ais_steps=128 --is_draws=20000
+sa grf_pen grf 64
+pr grf_pen grf 2000
+mkdir -p results/cpu/normalization/grf_pen
+cp $R/grf_pen/log.jsonl $R/grf_pen/probes.json $R/grf_pen/probes.png results/cpu/normalization/grf_pen/
+cp $R/grf_pen/ais128/results.json results/cpu/normalization/grf_pen/ais128.json
+cp $R/grf_pen/samples/samples.json results/cpu/normalization/grf_pen/samples.json
+# 8 Gaussian draws per micro-batch for the penalty (train.py's default --norm_draws) on 8x8 patches
+$N train.py --preset=cpu --data_dir=data/patches8 --norm_draws=8 --out_dir=$R/p8_d8
+python results/cpu/normalization/is_check.py --ckpt=$R/p8_d8/ckpt.pt --n=100000 > results/cpu/normalization/small/p8_d8.is_check.json
