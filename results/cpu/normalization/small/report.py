@@ -67,6 +67,8 @@ def main():
               f"certified, IS | one-pass - certified (IS) | min R on the draws (nats) | shift +16 rise | PSNR at 45 30 15 0 -15 -30 dB |")
         print("|---|---|---|---|---|---|---|---|---|")
         runs = [f"p{S}_s{s}_w{w}" for s in (600, 3000) for w in (0, 1)]
+        if S == 4:
+            runs += ["p4_s600_w0_single", "p4_s600_w1_single"]
         if S == 8:
             runs += [f"p8_B{B}" for B in ("1.0", "0.5", "0.25", "0.1")]
         for run in runs:

@@ -52,3 +52,12 @@ for run in p8_B1.0 p8_s600_w1 p4_s600_w0 p4_s600_w1; do
     S=${run:1:1}
     [ -f $OUT/$run.where_mass.json ] || python results/cpu/normalization/small/where_mass.py --ckpt=$R/$run/ckpt.pt --data_dir=data/patches$S > $OUT/$run.where_mass.json
 done
+
+# ----------------------------------------------------------------------------- part 3: single SM (no time term), 4x4
+for w in 0 1; do
+    run=p4_s600_w${w}_single
+    [ -f $R/$run/ckpt.pt ] || $N train.py --preset=cpu --data_dir=data/patches4 --time_weight=0 --norm_weight=$w --norm_draws=0 \
+        --out_dir=$R/$run > $R/$run.log 2>&1
+    cp $R/$run/log.jsonl $OUT/$run.log.jsonl
+    certify $run 4 256 1024 2048
+done
