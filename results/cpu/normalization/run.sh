@@ -100,3 +100,7 @@ cp $R/grf_pen/samples/samples.json results/cpu/normalization/grf_pen/samples.jso
 # 8 Gaussian draws per micro-batch for the penalty (train.py's default --norm_draws) on 8x8 patches
 $N train.py --preset=cpu --data_dir=data/patches8 --norm_draws=8 --out_dir=$R/p8_d8
 python results/cpu/normalization/is_check.py --ckpt=$R/p8_d8/ckpt.pt --n=100000 > results/cpu/normalization/small/p8_d8.is_check.json
+# the penalized 32x32 model's network term on its Gaussian's draws along t (why AIS along t fails on it)
+for t in 0 0.001 0.01 0.03 0.1 0.3 1 10; do
+    python results/cpu/normalization/is_check.py --ckpt=$R/patches_pen/ckpt.pt --n=2000 --t=$t
+done > results/cpu/normalization/patches_pen/is_check_t.jsonl
