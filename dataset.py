@@ -100,8 +100,12 @@ def stationary_spectrum(images, max_images=50_000, floor=1e-4, device="cpu", bat
     m is the per-channel mean; S_k = mean over images of (y^_k - m^_k)(y^_k - m^_k)^H with y^ the orthonormal
     2-D DFT (the cross-spectrum, C x C per frequency). Defined for any N >= 1 (docs/normalization.md):
         P_k = (N S_k + R_k) / (N + 1) + floor * v I
-    with R the ring average of S (radial_average: shrinkage toward an isotropic spectrum, weight 1 / (N + 1))
-    and v the mean pixel variance, so P_k is Hermitian positive definite even at N = 1 (where S_0 = 0), and
+    with R the ring average of S (radial_average: shrinkage toward an isotropic spectrum, weight 1 / (N + 1)),
+    except at k = 0, whose own ring is the DC alone: there R_0 = R_ring1, the ring average of the lowest
+    nonzero ring (round(|k|) = 1), a conservative prior for the DC variance (an image's power is highest
+    at low frequency). v is the mean pixel variance. At N = 1, where S_0 = 0 (the mean of one image has no
+    spread), P_0 = R_ring1 / 2 + floor * v I, not the floor alone; at large N, P_0 moves from the sample
+    S_0 + floor * v I by (R_ring1 - S_0) / (N + 1). P_k is Hermitian positive definite for any N >= 1 and
     symmetrized so that P_{-k} = conj(P_k) exactly (the covariance F^H P F is then real).
     """
     n = min(len(images), max_images)
@@ -125,6 +129,9 @@ def stationary_spectrum(images, max_images=50_000, floor=1e-4, device="cpu", bat
     S_neg = torch.roll(S.flip(0, 1), shifts=(1, 1), dims=(0, 1))                      # S at -k
     S = 0.5 * (S + S_neg.conj())                                                      # P_{-k} = conj(P_k)
     v = S.diagonal(dim1=-2, dim2=-1).real.mean().clamp_min(1e-12)                     # mean pixel variance
-    P = (n * S + radial_average(S)) / (n + 1)
+    R = radial_average(S)
+    if H * W > 1:                                                 # the DC target: ring round(|k|) = 1, not the DC
+        R[0, 0] = R[0, 1] if W > 1 else R[1, 0]
+    P = (n * S + R) / (n + 1)
     P = P + floor * v * torch.eye(C, dtype=P.dtype, device=device)
     return mean.float().cpu(), P.cpu(), n

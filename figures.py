@@ -172,13 +172,14 @@ FIG2_CURVES = [     # (panel title, y label, [(key, label)]): the quantities of 
 ]
 
 
-def fig2_panels(panels, out, entropy_bpd=None, name="fig2"):
+def fig2_panels(panels, out, entropy_bpd=None, name="fig2", curves=FIG2_CURVES):
     """Fig. 2's layout for several N: top, one scatter of log p_A against log p_B (dB/dim) per N over
     both training sets (held-out fields in gray); bottom, one curve per quantity against N.
 
     panels: one dict per N with n_train, logp_a and logp_b (both models on set A then set B), n_a (how
     many of them are set A), heldout_a and heldout_b (both on held-out), and the keys of FIG2_CURVES
-    (those missing are left out, e.g. the entropy gap on data without an exact entropy)."""
+    (those missing are left out, e.g. the entropy gap on data without an exact entropy); curves: the
+    bottom row, (title, y label, [(key, label)]) per panel, FIG2_CURVES by default."""
     panels = sorted(panels, key=lambda p: p["n_train"])
     fig = plt.figure(figsize=(3.2 * max(3, len(panels)), 7.2), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
@@ -195,7 +196,7 @@ def fig2_panels(panels, out, entropy_bpd=None, name="fig2"):
     top.axes[0].set_ylabel("log p_B(x) (dB/dim)")
     top.axes[0].legend(fontsize=7, loc="upper left")
     ns = [p["n_train"] for p in panels]
-    for ax, (title, unit, keys) in zip(bottom.subplots(1, len(FIG2_CURVES)), FIG2_CURVES):
+    for ax, (title, unit, keys) in zip(bottom.subplots(1, len(curves)), curves):
         shown = [[p[key] for p in panels] for key, _ in keys if all(key in p for p in panels)]
         for values, (key, label) in zip(shown, [k for k in keys if all(k[0] in p for p in panels)]):
             ax.plot(ns, values, "o-", label=label)
@@ -211,7 +212,7 @@ def fig2_panels(panels, out, entropy_bpd=None, name="fig2"):
         ax.set_title(title + (f" ({entropy_bpd:.3f})" if unit == "bits/dim" and entropy_bpd is not None else ""),
                      fontsize=10)
         ax.legend(fontsize=7)
-    curve_keys = [k for _, _, keys in FIG2_CURVES for k, _ in keys]
+    curve_keys = [k for _, _, keys in curves for k, _ in keys]
     numbers = dict(entropy_bpd=entropy_bpd, panels=[
         {**{k: p[k] for k in ("n_train", "n_a") + tuple(curve_keys) if k in p},
          **{k: np.round(np.asarray(p[k], dtype=np.float64), 4).tolist() for k in ("logp_a", "logp_b", "heldout_a", "heldout_b")}}

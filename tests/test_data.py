@@ -182,3 +182,37 @@ def test_synthetic_splits(tmp_path):
     assert train.shape == (5000, 4, 4, 1) and val.shape == (3, 4, 4, 1) and train.dtype == val.dtype == np.uint8
     counts = np.bincount(train.ravel(), minlength=256)              # uniform over 0..255, the last chunk included
     assert counts.min() > 0 and train[4096:].std() > 60
+
+
+def spectrum_by_hand(x):
+    """numpy, float64: the sample cross-spectrum S (H, W, C, C) of images x (N, H, W, C) about the per-channel
+    mean (orthonormal 2-D DFT), the mean pixel variance v and the mean of S over the ring round(|k|) = 1."""
+    N, H, W, C = x.shape
+    y = np.fft.fft2(x.astype(np.float64) - x.mean(axis=(0, 1, 2)), axes=(1, 2), norm="ortho")   # (N, H, W, C)
+    S = np.einsum("nhwc,nhwd->hwcd", y, y.conj()) / N
+    v = np.einsum("hwcc->", S).real / (H * W * C)
+    k = np.sqrt(np.fft.fftfreq(H, 1 / H)[:, None] ** 2 + np.fft.fftfreq(W, 1 / W)[None, :] ** 2)
+    return S, v, S[np.round(k) == 1].mean(axis=0)
+
+
+def test_stationary_spectrum_dc_target_is_the_lowest_ring():
+    """k = 0: the shrinkage target is the mean of S over the ring round(|k|) = 1 (the DC's own ring is the DC alone).
+    N = 1: S_0 = 0, so P_0 = R_ring1 / 2 + floor v I, far above the floor alone. Large N: P_0 differs from the
+    sample S_0 + floor v I by exactly (R_ring1 - S_0) / (N + 1), O(1/N)."""
+    from dataset import stationary_spectrum
+    rng = np.random.default_rng(5)
+    floor, C = 1e-3, 2
+    one = (0.5 + 0.2 * rng.normal(size=(1, 8, 8, C))).astype(np.float32)
+    _, P, _ = stationary_spectrum(one, floor=floor)
+    S, v, R1 = spectrum_by_hand(one)
+    np.testing.assert_allclose(S[0, 0], 0, atol=1e-12)
+    expected = R1 / 2 + floor * v * np.eye(C)
+    np.testing.assert_allclose(P[0, 0].numpy(), expected, rtol=1e-6, atol=1e-12)
+    assert np.linalg.eigvalsh(P[0, 0].numpy()).min() > 10 * floor * v          # not the floor alone
+    for N in (100, 2000):
+        x = (0.5 + 0.2 * rng.normal(size=(N, 8, 8, C))).astype(np.float32)
+        _, P, _ = stationary_spectrum(x, floor=floor)
+        S, v, R1 = spectrum_by_hand(x)
+        change = P[0, 0].numpy() - (S[0, 0] + floor * v * np.eye(C))           # against the sample DC variance
+        np.testing.assert_allclose(change, (R1 - S[0, 0]) / (N + 1), rtol=1e-5, atol=1e-9)
+        assert np.abs(change).max() <= (np.abs(R1).max() + np.abs(S[0, 0]).max()) / (N + 1) * (1 + 1e-6)

@@ -93,7 +93,7 @@ def test_gaussian_sampler_has_the_gaussian_covariance():
 
 def test_spectrum_estimate_equals_the_shift_averaged_covariance():
     """S_k is the DFT of the sample covariance averaged over all cyclic shifts (an exact identity);
-    P = (N S + ring average of S) / (N + 1) + floor * v I."""
+    P = (N S + ring average of S, at k = 0 that of ring 1) / (N + 1) + floor * v I."""
     rng = np.random.default_rng(3)
     N, H, W, C = 7, 4, 4, 2
     x = rng.normal(0.3, 1.0, size=(N, H, W, C)).astype(np.float32)
@@ -112,7 +112,9 @@ def test_spectrum_estimate_equals_the_shift_averaged_covariance():
             block = F @ cov[c * H * W:(c + 1) * H * W, c2 * H * W:(c2 + 1) * H * W].to(torch.complex128) @ F.conj().T
             S[..., c, c2] = block.diagonal().reshape(H, W)
     v = S.diagonal(dim1=-2, dim2=-1).real.mean()
-    expected = (N * S + radial_average(S)) / (N + 1) + 1e-3 * v * torch.eye(C)
+    R = radial_average(S)
+    R[0, 0] = R[0, 1]                                                         # k = 0: the target is ring round(|k|) = 1
+    expected = (N * S + R) / (N + 1) + 1e-3 * v * torch.eye(C)
     torch.testing.assert_close(P, expected, rtol=1e-9, atol=1e-9)
 
 

@@ -14,8 +14,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "toy"))
 
 from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf, warp_entropy_shift, warp_field
-from model import load_model
-from strong_gen import DB_PER_BIT, pair_metrics, truth_metrics, warped_grf_logp
+from dataclasses import asdict
+
+from dataset import stationary_spectrum
+from model import EnergyUNet, UNetConfig, load_model
+from strong_gen import DB_PER_BIT, evaluate_pair, make_patch_data, pair_metrics, seeded, truth_metrics, warped_grf_logp
 
 DB_PER_NAT = 10 / math.log(10)
 
@@ -62,6 +65,8 @@ def test_pair_metrics_by_hand():
     assert r["own_vs_heldout_a"] == pytest.approx(4.0 - 1.0)        # A on its set minus A on held-out
     assert r["own_vs_heldout_b"] == pytest.approx(5.0 - 1.0)
     assert r["own_vs_heldout"] == pytest.approx(3.5)
+    # s.e.: var(A on A) = 2, var(A on H) = 1, var(B on B) = 2, var(B on H) = 0 (ddof 1), each over its count
+    assert r["own_vs_heldout_se"] == pytest.approx(0.5 * math.sqrt(2 / 2 + 1 / 3 + 2 / 2 + 0 / 3))
     assert r["own_vs_other_a"] == pytest.approx(4.0 - 2.0)          # on set A: A minus B
     assert r["own_vs_other_b"] == pytest.approx(5.0 - 1.0)          # on set B: B minus A
     same = pair_metrics(la, la)                                     # two identical models
@@ -140,3 +145,63 @@ def test_driver_end_to_end(tmp_path):
 def test_bad_input_is_one_line(tmp_path, arg, words):
     r = run_driver([arg, f"--out={tmp_path}", f"--work_dir={tmp_path}"])
     assert r.returncode != 0 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def patch_folder(path, n_train, n_val, size=8):
+    """train.npy, val.npy of distinct uint8 patches: patch i has pixel (0, 0) = i % 256 and (0, 1) = i // 256."""
+    x = np.random.default_rng(0).integers(0, 256, (n_train + n_val, size, size, 1), dtype=np.uint8)
+    i = np.arange(n_train + n_val)
+    x[:, 0, 0, 0], x[:, 0, 1, 0] = i % 256, i // 256
+    os.makedirs(path, exist_ok=True)
+    np.save(path / "train.npy", x[:n_train])
+    np.save(path / "val.npy", x[n_train:])
+    return x
+
+
+def test_patch_pools_are_a_seeded_split_of_train_and_val(tmp_path):
+    """--data=patches: pool A, pool B and the held-out set are disjoint draws of the pooled train + val
+    patches (each patch at most once), the same for the same seed, and too few patches is a one-line error."""
+    x = patch_folder(tmp_path / "p", 300, 100)
+    cfg = dict(patches_dir=str(tmp_path / "p"), work_dir=str(tmp_path / "w"), size=8, ns=(1, 50), n_heldout=40, seed=3)
+    a, b, h = make_patch_data(cfg)
+    assert a.shape == b.shape == (50, 8, 8, 1) and h.shape == (40, 8, 8, 1) and a.dtype == np.uint8
+    index = lambda part: (part[:, 0, 0, 0].astype(int) + 256 * part[:, 0, 1, 0].astype(int)).tolist()
+    ids = index(a) + index(b) + index(h)
+    assert len(set(ids)) == 140 and set(ids) <= set(range(400)) and max(ids) >= 300     # val patches are drawn too
+    np.testing.assert_array_equal(np.concatenate([a, b, h]), x[ids])
+    np.testing.assert_array_equal(np.load(tmp_path / "w" / "data" / "heldout.npy"), h)
+    np.testing.assert_array_equal(make_patch_data(cfg)[0], a)                             # seeded
+    assert index(make_patch_data({**cfg, "seed": 4})[0]) != index(a)
+    with pytest.raises(SystemExit):
+        make_patch_data({**cfg, "ns": (300,)})
+
+
+def test_patch_metrics_are_the_held_out_nll_by_hand(tmp_path):
+    """Quantized patches: no exact density, so each model's held-out NLL (bits/dim, + 8 for the 256-level
+    scale) and its Gaussian term's, equal to a recomputation with the models called directly on x / 255."""
+    x = patch_folder(tmp_path, 40, 0)
+    sets = dict(A=x[:8], B=x[8:16], H=x[16:40])
+    ckpts = []
+    for side, seed in (("A", 0), ("B", 1)):
+        torch.manual_seed(seed)
+        config = UNetConfig(channels=1, base_width=4, num_scales=2, layers_per_block=2, emb_dim=16, num_freqs=4,
+                            t_embedding="log", scale_energy=True, data_var=0.08, gaussian_term=True,
+                            image_size=(8, 8), energy_bound=1.0)
+        model = EnergyUNet(config)
+        model.set_gaussian(*stationary_spectrum(sets[side])[:2])
+        path = tmp_path / f"{side}.pt"
+        torch.save(dict(model=model.state_dict(), model_config=asdict(config), kind="energy", step=5), path)
+        ckpts.append(str(path))
+    cfg = dict(const_images=24, t_max=1e3, n_draws=1, eval_batch_size=10)
+    metrics, la, lb = evaluate_pair(cfg, ckpts, sets, None, None, seeded(0, 1))
+    assert not any(k.startswith(("gap", "rms_true")) for k in metrics) and metrics["steps_a"] == 5
+    d, y = 64, torch.from_numpy(sets["H"]).permute(0, 3, 1, 2).float() / 255
+    for side, path in (("a", ckpts[0]), ("b", ckpts[1])):
+        model = load_model(path)[0]
+        with torch.no_grad():
+            U = model(y, torch.zeros(len(y))).double().numpy()
+            UG = model.gaussian(y, torch.zeros(len(y))).double().numpy()
+        assert metrics[f"nll_{side}"] == pytest.approx((U + metrics[f"c_{side}"]).mean() / (d * math.log(2)) + 8,
+                                                       rel=1e-6)
+        assert metrics[f"nll_gauss_{side}"] == pytest.approx((UG + model.gaussian.log_z()).mean() / (d * math.log(2)) + 8,
+                                                             rel=1e-6)

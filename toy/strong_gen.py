@@ -1,8 +1,9 @@
 """Memorization -> generalization as the training set grows (the paper's Fig. 2) on the warped GRF.
 
-    python toy/strong_gen.py                                         # N = 1 ... 1e4: 10 models, ~2 min each on a free core
+    python toy/strong_gen.py                                         # N = 1 ... 1e4: 10 models, ~6 min each on one core
     python toy/strong_gen.py --ns=1,100 --max_steps=500 --out=/tmp/sg_quick --work_dir=/tmp/sg_quick/runs
     python toy/strong_gen.py --report_only=True                      # metrics and figure from finished runs
+    python toy/strong_gen.py --data=patches --size=8 --work_dir=/tmp/strong_gen_patches8 --out=results/cpu/strong_gen/patches8
 
 Data: the warped Gaussian random field of data/grf/prepare.py (16x16, non-Gaussian pixels), whose
 log p(x) is exact for every image and whose entropy is exact (docs/method.md §7). Two independent
@@ -17,6 +18,7 @@ Each model gets its own constant c from the held-out fields (t_max, docs/method.
     rms_train, mean_abs_train       the same over both training sets (the paper's scatter)
     own_vs_heldout                  memorization: mean log p of a model's own training fields minus
                                     its mean on held-out fields (average of A and B)
+    own_vs_heldout_se               its standard error over the images scored (the four means independent)
     own_vs_other                    mean over each training set of (own model - other model)
     gap_a, gap_b                    held-out NLL minus the exact entropy, bits/dim (>= 0 up to noise)
     rms_true_a, rms_true_b          RMS of log p_model - exact log p on held-out fields, dB/dim
@@ -24,6 +26,14 @@ Each model gets its own constant c from the held-out fields (t_max, docs/method.
                                     the same for the models' Gaussian terms alone (train.py's default
                                     gaussian_term: fitted to the N training fields, exactly normalized), to
                                     tell what the Gaussian fit memorizes from what the network does
+
+--data=patches: the same on photograph patches (data/patches/prepare.py --size=SIZE --stride=SIZE:
+non-overlapping SIZE x SIZE grayscale uint8 patches, made in patches_dir if it has no train.npy). Its
+train and val patches are pooled, shuffled with seed, and cut into pool A, pool B and the held-out
+set (disjoint as patches; identical pixel values, e.g. saturated flat patches, are counted in the JSON
+as shared_heldout, shared_pools). No exact density: instead of gap and rms_true, each model's held-out NLL,
+
+    nll_a, nll_b, nll_gauss_a, nll_gauss_b   held-out NLL in bits/dim on the 256-level scale (+8, eval.py)
 
 Writes OUT/strong_gen.json (config, every number), OUT/strong_gen.md (the table) and
 OUT/fig2.png, .pdf, .json (figures.fig2_panels: the scatters of the paper's layout and one curve
@@ -42,9 +52,10 @@ import numpy as np
 import torch
 
 from configurator import configure, fail, require
+from dataset import load_split, to_tensor
 from data.grf.prepare import grf_eigenvalues, grf_energy, grf_entropy, sample_grf, warp_entropy_shift, warp_field
 from eval import estimate_log_norm_const
-from figures import fig2_panels, logp_db
+from figures import FIG2_CURVES, fig2_panels, logp_db
 from model import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +93,37 @@ def make_data(cfg, lam):
             np.save(path, x.float().numpy()[..., None])                               # (n, size, size, 1)
         arrays[name] = np.load(path, mmap_mode="r")
     return arrays["pool_a"], arrays["pool_b"], arrays["heldout"]
+
+
+def make_patch_data(cfg):
+    """Photograph patches: train + val of patches_dir (made by data/patches/prepare.py --size=size
+    --stride=size if absent), shuffled with seed and cut into pool A, pool B (max(ns) each) and the
+    held-out set, saved as work_dir/data/{pool_a, pool_b, heldout}.npy (uint8); returns the three arrays."""
+    src = cfg["patches_dir"] or os.path.join(cfg["work_dir"], "patches")
+    if not os.path.exists(os.path.join(src, "train.npy")):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "data", "patches", "prepare.py"), f"--size={cfg['size']}",
+                            f"--stride={cfg['size']}", f"--out={src}"], capture_output=True, text=True)
+        require(r.returncode == 0, f"data/patches/prepare.py failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    x = np.concatenate([load_split(src, split)[0] for split in ("train", "val")])
+    require(x.shape[1:] == (cfg["size"], cfg["size"], 1) and x.dtype == np.uint8,
+            f"{src}: patches of shape {x.shape[1:]} {x.dtype}; need ({cfg['size']}, {cfg['size']}, 1) uint8 "
+            f"(data/patches/prepare.py --size={cfg['size']} --stride={cfg['size']})")
+    n_pool = max(cfg["ns"])
+    need = 2 * n_pool + cfg["n_heldout"]
+    require(len(x) >= need, f"{src} has {len(x)} patches; two pools of {n_pool} and {cfg['n_heldout']} held-out need {need}")
+    x = x[np.random.default_rng(cfg["seed"]).permutation(len(x))[:need]]
+    folder = os.path.join(cfg["work_dir"], "data")
+    os.makedirs(folder, exist_ok=True)
+    parts = dict(pool_a=x[:n_pool], pool_b=x[n_pool:2 * n_pool], heldout=x[2 * n_pool:])
+    for name, part in parts.items():
+        np.save(os.path.join(folder, f"{name}.npy"), part)
+    return parts["pool_a"], parts["pool_b"], parts["heldout"]
+
+
+def shared_count(x, others):
+    """How many images of x have the exact pixel values of some image in others."""
+    seen = {im.tobytes() for im in np.asarray(others)}
+    return int(sum(im.tobytes() in seen for im in np.asarray(x)))
 
 
 def write_training_set(folder, images, heldout_path):
@@ -161,10 +203,12 @@ def pair_metrics(la, lb):
     diff_h = la["H"] - lb["H"]
     diff_t = np.concatenate([la["A"] - lb["A"], la["B"] - lb["B"]])
     own_a, own_b = la["A"].mean() - la["H"].mean(), lb["B"].mean() - lb["H"].mean()
+    se = lambda l, s: math.sqrt(l[s].var(ddof=1) / len(l[s])) if len(l[s]) > 1 else 0.0   # standard error of a mean
+    own_se = 0.5 * math.sqrt(se(la, "A") ** 2 + se(la, "H") ** 2 + se(lb, "B") ** 2 + se(lb, "H") ** 2)
     other_a, other_b = (la["A"] - lb["A"]).mean(), (lb["B"] - la["B"]).mean()
     return dict(rms_heldout=float(np.sqrt((diff_h ** 2).mean())), mean_abs_heldout=float(np.abs(diff_h).mean()),
                 rms_train=float(np.sqrt((diff_t ** 2).mean())), mean_abs_train=float(np.abs(diff_t).mean()),
-                own_vs_heldout=float((own_a + own_b) / 2), own_vs_heldout_a=float(own_a),
+                own_vs_heldout=float((own_a + own_b) / 2), own_vs_heldout_se=float(own_se), own_vs_heldout_a=float(own_a),
                 own_vs_heldout_b=float(own_b), own_vs_other=float((other_a + other_b) / 2),
                 own_vs_other_a=float(other_a), own_vs_other_b=float(other_b))
 
@@ -180,14 +224,15 @@ def truth_metrics(l_model, l_true, entropy_bpd):
 def gaussian_logp_db(model, images):
     """log p in dB/dim, (N,), of the model's Gaussian term alone, -(U_G(x, 0) + log Z_G) (model.StationaryGaussian,
     exactly normalized): the part of the density fitted to the training set's spectrum before any training."""
-    y = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()           # (N, C, H, W)
+    y = to_tensor(np.asarray(images))                                             # (N, C, H, W), uint8 / 255
     U = model.gaussian(y, torch.zeros(len(y))).double().numpy()
     return DB_PER_NAT * -(U + model.gaussian.log_z()) / y[0].numel()
 
 
 def evaluate_pair(cfg, ckpts, sets, l_true, entropy_bpd, generator):
     """Constants, log p (dB/dim) of both models on every set, and every metric of one N (with the
-    memorization and entropy gap of the models' Gaussian terms alone, when they have one)."""
+    memorization and entropy gap of the models' Gaussian terms alone, when they have one). l_true None
+    (patches: no exact density): the held-out NLL of each model and of its Gaussian term instead."""
     la, lb, ga, gb, consts, steps = {}, {}, {}, {}, [], []
     heldout = sets["H"]
     for path, l, g in zip(ckpts, (la, lb), (ga, gb)):
@@ -201,7 +246,13 @@ def evaluate_pair(cfg, ckpts, sets, l_true, entropy_bpd, generator):
             if model.gaussian is not None:
                 g[s] = gaussian_logp_db(model, images)
     metrics = pair_metrics(la, lb)
+    offset = 8.0 if sets["H"].dtype == np.uint8 else 0.0                          # bits/dim on the 256-level scale
     for side, l, g in (("a", la, ga), ("b", lb, gb)):
+        if l_true is None:
+            metrics[f"nll_{side}"] = float(-l["H"].mean() / DB_PER_BIT + offset)
+            if g:
+                metrics[f"nll_gauss_{side}"] = float(-g["H"].mean() / DB_PER_BIT + offset)
+            continue
         metrics.update({f"{k}_{side}": v for k, v in truth_metrics(l["H"], l_true, entropy_bpd).items()})
         if g:
             metrics[f"gap_gauss_{side}"] = truth_metrics(g["H"], l_true, entropy_bpd)["gap"]
@@ -215,9 +266,14 @@ def evaluate_pair(cfg, ckpts, sets, l_true, entropy_bpd, generator):
 
 # ----------------------------------------------------------------------------- report
 COLUMNS = [("n", "N"), ("rms_heldout", "RMS A-B held-out"), ("mean_abs_heldout", "mean abs A-B held-out"),
-           ("rms_train", "RMS A-B train sets"), ("own_vs_heldout", "own - held-out"), ("own_vs_other", "own - other"),
+           ("rms_train", "RMS A-B train sets"), ("own_vs_heldout", "own - held-out"), ("own_vs_heldout_se", "(its s.e.)"),
+           ("own_vs_other", "own - other"),
            ("own_vs_heldout_gauss", "own - held-out, Gaussian term"), ("rms_heldout_gauss", "RMS A-B held-out, Gaussian terms"), ("gap_a", "gap A (bits/dim)"),
-           ("gap_b", "gap B (bits/dim)"), ("gap_gauss_a", "gap A, Gaussian term"), ("rms_true_a", "RMS A-true")]
+           ("gap_b", "gap B (bits/dim)"), ("gap_gauss_a", "gap A, Gaussian term"), ("rms_true_a", "RMS A-true"),
+           ("nll_a", "held-out NLL A (bits/dim)"), ("nll_b", "held-out NLL B (bits/dim)"),
+           ("nll_gauss_a", "held-out NLL A, Gaussian term"), ("nll_gauss_b", "held-out NLL B, Gaussian term")]
+PATCH_CURVES = FIG2_CURVES[:2] + [("held-out NLL", "bits/dim", [("nll_a", "model A"), ("nll_b", "model B"),
+                                                                ("nll_gauss_a", "Gaussian term of A alone")])]
 
 
 def markdown_table(rows, entropy_bpd, command):
@@ -225,8 +281,10 @@ def markdown_table(rows, entropy_bpd, command):
     head = "| " + " | ".join(title for _, title in columns) + " |"
     rule = "|" + "|".join("---:" for _ in columns) + "|"
     body = ["| " + " | ".join(str(r[k]) if k == "n" else f"{r[k]:.3f}" for k, _ in columns) + " |" for r in rows]
-    return "\n".join([f"`{command}`", "", "log p differences in dB/dim (10 log10 p / d); gap = held-out NLL minus the "
-                      f"exact entropy ({entropy_bpd:.4f} bits/dim)", "", head, rule, *body, ""])
+    note = (f"gap = held-out NLL minus the exact entropy ({entropy_bpd:.4f} bits/dim)" if entropy_bpd is not None else
+            "held-out NLL in bits/dim on the 256-level scale (no exact density)")
+    return "\n".join([f"`{command}`", "", f"log p differences in dB/dim (10 log10 p / d); {note}", "", head, rule,
+                      *body, ""])
 
 
 # -----------------------------------------------------------------------------
@@ -238,8 +296,10 @@ if __name__ == "__main__":
         workers=2,                        # trainings run at once, one process each
         report_only=False,                # skip data and training: evaluate the runs already in work_dir
         seed=0,                           # seeds the three draws of fields; model A trains with seed, B with seed + 1
+        data="grf",                       # "grf": the warped GRF (exact log p); "patches": photograph patches
+        patches_dir="",                   # --data=patches: folder of data/patches/prepare.py; "" = work_dir/patches
         # data: the warped GRF of data/grf/prepare.py
-        size=16,                          # field side n (pixels); d = n^2
+        size=16,                          # field side n (pixels); d = n^2 (--data=patches: the patch side)
         alpha=2.5,                        # spectral slope of the field
         k0=2.0,                           # spectral knee (cycles per image)
         mean=0.5,                         # mean pixel value
@@ -247,10 +307,10 @@ if __name__ == "__main__":
         warp=1.0,                         # pointwise warp (0 = Gaussian field)
         n_heldout=2000,                   # held-out fields: every model's val.npy, its constant c, held-out metrics
         # training: train.py with these keys, the same for every N
-        max_steps=1000,                   # optimizer steps of every model
+        max_steps=4000,                   # optimizer steps of every model
         batch_size=32,                    # images per step (N < batch_size: the N fields repeat in the batch)
         lr=1e-3,                          # Adam learning rate at step 0
-        lr_halve_every=400,               # steps between halvings of the learning rate
+        lr_halve_every=1600,              # steps between halvings of the learning rate
         base_width=16,                    # UNet channels at the finest scale
         num_scales=2,                     # UNet scales
         layers_per_block=2,               # convs per UNet block
@@ -269,6 +329,7 @@ if __name__ == "__main__":
     require(cfg["n_heldout"] >= 2 and cfg["eval_images"] >= 1 and cfg["const_images"] >= 1,
             f"need --n_heldout >= 2, --eval_images >= 1, --const_images >= 1; got {cfg['n_heldout']}, "
             f"{cfg['eval_images']}, {cfg['const_images']}")
+    require(cfg["data"] in ("grf", "patches"), f"--data={cfg['data']}: must be grf or patches")
     require(cfg["warp"] >= 0, f"--warp={cfg['warp']}: must be >= 0 (0 = the Gaussian field)")
     require(cfg["size"] % 2 ** cfg["num_scales"] == 0,
             f"--size={cfg['size']} is not divisible by 2^num_scales = {2 ** cfg['num_scales']}; change one of them")
@@ -279,9 +340,10 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     command = "python toy/strong_gen.py " + " ".join(sys.argv[1:])
     d = cfg["size"] ** 2
-    entropy_bpd = (grf_entropy(lam) + warp_entropy_shift(cfg["warp"], d)) / (d * math.log(2))
+    grf = cfg["data"] == "grf"
+    entropy_bpd = (grf_entropy(lam) + warp_entropy_shift(cfg["warp"], d)) / (d * math.log(2)) if grf else None
     ns = sorted(set(cfg["ns"]))
-    pool_a, pool_b, heldout = make_data(cfg, lam)
+    pool_a, pool_b, heldout = make_data(cfg, lam) if grf else make_patch_data(cfg)
     run = lambda n, side: os.path.join(cfg["work_dir"], f"N{n}_{side}")
     t0 = time.time()
     if not cfg["report_only"]:
@@ -296,8 +358,13 @@ if __name__ == "__main__":
         failed = run_trainings(jobs, cfg["workers"], len(jobs) * cfg["max_steps"])
         require(not failed, "training failed: " + "; ".join(failed))
     heldout_eval = np.array(heldout[:cfg["eval_images"]])
-    y = torch.from_numpy(heldout_eval[..., 0]).double()                                   # (n, size, size)
-    l_true = DB_PER_NAT * warped_grf_logp(y, lam, cfg["mean"], cfg["amplitude"], cfg["warp"]).numpy() / d
+    l_true, extra = None, {}
+    if grf:
+        y = torch.from_numpy(heldout_eval[..., 0]).double()                               # (n, size, size)
+        l_true = DB_PER_NAT * warped_grf_logp(y, lam, cfg["mean"], cfg["amplitude"], cfg["warp"]).numpy() / d
+    else:                                                 # disjoint as patches; equal pixel values can still recur
+        extra = dict(shared_pools=shared_count(pool_b, pool_a),
+                     shared_heldout=shared_count(heldout, np.concatenate([pool_a, pool_b])))
     rows, panels = [], []
     for n in ns:
         ckpts = [os.path.join(run(n, side), "ckpt.pt") for side in ("A", "B")]
@@ -310,15 +377,16 @@ if __name__ == "__main__":
         rows.append(dict(n=n, **metrics))
         panels.append(dict(n_train=n, logp_a=np.concatenate([la["A"], la["B"]]), logp_b=np.concatenate([lb["A"], lb["B"]]),
                            n_a=k, heldout_a=la["H"], heldout_b=lb["H"], **metrics))
+        side_a, side_b = ("gap_a", "gap_b") if grf else ("nll_a", "nll_b")
         print(f"N={n}: RMS A-B held-out {metrics['rms_heldout']:.3f} dB/dim, own - held-out "
-              f"{metrics['own_vs_heldout']:.3f}, own - other {metrics['own_vs_other']:.3f}, gap A "
-              f"{metrics['gap_a']:.3f} B {metrics['gap_b']:.3f} bits/dim", flush=True)
+              f"{metrics['own_vs_heldout']:.3f}, own - other {metrics['own_vs_other']:.3f}, {side_a[:-2]} A "
+              f"{metrics[side_a]:.3f} B {metrics[side_b]:.3f} bits/dim", flush=True)
     os.makedirs(cfg["out"], exist_ok=True)
-    result = dict(command=command, config=cfg, d=d, entropy_bpd=entropy_bpd,
-                  true_logp_heldout_db=float(l_true.mean()), rows=rows, eval_seconds=time.time() - t0)
+    result = dict(command=command, config=cfg, d=d, entropy_bpd=entropy_bpd, **extra,
+                  true_logp_heldout_db=float(l_true.mean()) if grf else None, rows=rows, eval_seconds=time.time() - t0)
     with open(os.path.join(cfg["out"], "strong_gen.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     with open(os.path.join(cfg["out"], "strong_gen.md"), "w") as fh:
         fh.write(markdown_table(rows, entropy_bpd, command))
-    fig2_panels(panels, cfg["out"], entropy_bpd)
+    fig2_panels(panels, cfg["out"], entropy_bpd, curves=FIG2_CURVES if grf else PATCH_CURVES)
     print(markdown_table(rows, entropy_bpd, command))
