@@ -289,11 +289,10 @@ def test_ais_recovers_log_z_of_an_exact_gaussian_with_a_mismatched_reference():
     assert info["t"][0] == 1e3 and info["t"][-1] == 0 and (np.diff(info["t"]) < 0).all()
 
 
-def test_ais_recovers_log_z_of_a_non_gaussian_energy_known_by_quadrature():
-    """U(y, t) = |y|^2 / (2 (s2 + t)) + d/2 log(1 + t/s2) + 1.5 sum_i cos(2 y_i) / (1 + t): at t = 0 a product of
-    d = 4 identical 1-D densities, Z(0) = (int exp(-y^2 / (2 s2) - 1.5 cos 2y) dy)^4 by quadrature. Also
-    without the Gaussian transport (plain AIS along t): the same answer, with more levels."""
-    from ais import ais, summarize
+def cosine_energy():
+    """(energy, reference Gaussian, exact log Z(0)): U(y, t) = |y|^2 / (2 (s2 + t)) + d/2 log(1 + t/s2) +
+    1.5 sum_i cos(2 y_i) / (1 + t) on 2x2 images (d = 4); at t = 0 a product of d identical 1-D densities,
+    so Z(0) = (int exp(-y^2 / (2 s2) - 1.5 cos 2y) dy)^d by quadrature."""
     s2, d = 0.5, 4
     ref = StationaryGaussian(1, (2, 2)).double()
     ref.set(torch.zeros(1, dtype=torch.float64), torch.full((2, 2, 1, 1), s2, dtype=torch.complex128))
@@ -303,7 +302,15 @@ def test_ais_recovers_log_z_of_a_non_gaussian_energy_known_by_quadrature():
         return (ref(y, t) + 1.5 * torch.cos(2 * y).flatten(1).sum(dim=1) / (1 + t)).float()
 
     z = np.linspace(-12, 12, 200_001)
-    log_z_true = d * math.log(np.trapezoid(np.exp(-z ** 2 / (2 * s2) - 1.5 * np.cos(2 * z)), z))
+    return energy, ref, d * math.log(np.trapezoid(np.exp(-z ** 2 / (2 * s2) - 1.5 * np.cos(2 * z)), z))
+
+
+def test_ais_recovers_log_z_of_a_non_gaussian_energy_known_by_quadrature():
+    """U(y, t) = |y|^2 / (2 (s2 + t)) + d/2 log(1 + t/s2) + 1.5 sum_i cos(2 y_i) / (1 + t): at t = 0 a product of
+    d = 4 identical 1-D densities, Z(0) = (int exp(-y^2 / (2 s2) - 1.5 cos 2y) dy)^4 by quadrature. Also
+    without the Gaussian transport (plain AIS along t): the same answer, with more levels."""
+    from ais import ais, summarize
+    energy, ref, log_z_true = cosine_energy()
     for transport, levels, max_se in ((True, 256, 0.1), (False, 384, 0.2)):
         log_w, info = ais(energy, ref, OneGenerator(512, 1), n_levels=levels, transport=transport)
         log_z, se, ess = summarize(log_w.numpy())
@@ -321,16 +328,7 @@ def test_tuned_ais_fixes_a_bad_step_and_still_recovers_log_z():
     decreases strictly from t_max to 0 with the requested number of levels, and the tuned run (fresh seeds,
     h and grid fixed) still recovers the quadrature log Z within 3 standard errors."""
     from ais import ais, summarize, tune
-    s2, d = 0.5, 4
-    ref = StationaryGaussian(1, (2, 2)).double()
-    ref.set(torch.zeros(1, dtype=torch.float64), torch.full((2, 2, 1, 1), s2, dtype=torch.complex128))
-
-    def energy(y, t):
-        y, t = y.double(), t.double()
-        return (ref(y, t) + 1.5 * torch.cos(2 * y).flatten(1).sum(dim=1) / (1 + t)).float()
-
-    z = np.linspace(-12, 12, 200_001)
-    log_z_true = d * math.log(np.trapezoid(np.exp(-z ** 2 / (2 * s2) - 1.5 * np.cos(2 * z)), z))
+    energy, ref, log_z_true = cosine_energy()
     _, untuned = ais(energy, ref, OneGenerator(64, 3), n_levels=64, step=30.0)
     assert untuned["acceptance"].mean() < 0.1
     grid, steps, pilot = tune(energy, ref, OneGenerator(64, 4), 256, pilot_levels=128, step=30.0)
