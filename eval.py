@@ -486,6 +486,13 @@ def main(argv):
     return results
 
 
+def enough_ess(ess, n):
+    """Whether n weights with effective sample size ess give a standard error that means something: ESS of at
+    least 30, or half the weights when there are fewer than 60 (equal weights: the estimate is exact). Below
+    it, a few weights decide log Z and the estimate is low in expectation, however small its printed error."""
+    return bool(ess >= min(30.0, 0.5 * n))
+
+
 def certify(model, logp, c, d, quantized, config, device):
     """The certificates of log Z(0) (ais.py: AIS, and importance sampling from the Gaussian) and the NLL each
     certifies beside the one-pass NLL; results keys ais_* and is_* (module docstring). AIS chains are seeded one
@@ -526,7 +533,7 @@ def certify(model, logp, c, d, quantized, config, device):
             log_w = [p for part in gathered for p in part]
         log_w = np.concatenate(log_w)
         log_z, log_z_se, ess = summarize(log_w)
-        results.update(is_log_z=log_z, is_log_z_se=log_z_se, is_ess=ess, is_draws=len(log_w),
+        results.update(is_log_z=log_z, is_log_z_se=log_z_se, is_ess=ess, is_draws=len(log_w), is_enough_ess=enough_ess(ess, len(log_w)),
                        is_nll_bpd=nll_bits_per_dim(mean_U0, log_z, d, quantized),
                        is_nll_bpd_se=math.sqrt(se_U0 ** 2 + log_z_se ** 2) * to_bpd, is_delta_bpd=(c - log_z) * to_bpd,
                        is_log_z_reference=ref.log_z(), is_reference=ref_from)
@@ -548,7 +555,7 @@ def certify(model, logp, c, d, quantized, config, device):
     nll_ais = nll_bits_per_dim(mean_U0, log_z, d, quantized)
     return results | dict(ais_log_z=log_z, ais_log_z_se=log_z_se, ais_nll_bpd=nll_ais,
                 ais_nll_bpd_se=math.sqrt(se_U0 ** 2 + log_z_se ** 2) * to_bpd, ais_delta_bpd=(c - log_z) * to_bpd,
-                ais_delta_bpd_se=log_z_se * to_bpd, ais_ess=ess, ais_chains=len(log_w), ais_levels=config["ais_steps"],
+                ais_delta_bpd_se=log_z_se * to_bpd, ais_ess=ess, ais_enough_ess=enough_ess(ess, len(log_w)), ais_chains=len(log_w), ais_levels=config["ais_steps"],
                 ais_nfe_per_chain=info["nfe"], ais_acceptance_min=float(acceptance.min()),
                 ais_acceptance_mean=float(acceptance.mean()), ais_acceptance=acceptance[::max(1, len(acceptance) // 64)].tolist(),
                 ais_log_z_reference=info["log_z_ref"], ais_reference=ref_from, ais_length=info["length"],
@@ -579,16 +586,19 @@ def print_table(r, path):
     if "bracket_nll_bpd_lo" in r:
         print(f"NLL bracket      = [{r['bracket_nll_bpd_lo']:.4f}, {r['bracket_nll_bpd_hi']:.4f}] {unit} by the energy bound "
               f"(|log Z(0) - log Z_G| <= B d; normalized by Z_G: {r['gaussian_normalized_nll_bpd']:.4f})")
+    warn = ("  (ESS too low for the standard error to mean anything: read the certified NLL as a lower "
+            "estimate, docs/normalization.md §4)")
     if "is_log_z" in r:
         print(f"importance sampling from the Gaussian ({r['is_draws']} draws, ESS {r['is_ess']:.1f}): log Z(0) = "
               f"{r['is_log_z']:.3f} +- {r['is_log_z_se']:.3f} nats; certified NLL = {r['is_nll_bpd']:.4f} +- "
-              f"{r['is_nll_bpd_se']:.4f}; one-pass - certified = {r['is_delta_bpd']:.4f} bits/dim")
+              f"{r['is_nll_bpd_se']:.4f}; one-pass - certified = {r['is_delta_bpd']:.4f} bits/dim"
+              + ("" if r["is_enough_ess"] else warn))
     if "ais_log_z" in r:
         print(f"AIS ({r['ais_chains']} chains x {r['ais_levels']} levels, {r['ais_nfe_per_chain']} evaluations/chain, "
               f"ESS {r['ais_ess']:.1f}, MALA acceptance min {r['ais_acceptance_min']:.2f} mean {r['ais_acceptance_mean']:.2f}): "
               f"log Z(0) = {r['ais_log_z']:.3f} +- {r['ais_log_z_se']:.3f} nats (reference Gaussian {r['ais_log_z_reference']:.3f})")
         print(f"certified NLL    = {r['ais_nll_bpd']:.4f} +- {r['ais_nll_bpd_se']:.4f} {unit}; one-pass - certified = "
-              f"{r['ais_delta_bpd']:.4f} +- {r['ais_delta_bpd_se']:.4f} bits/dim")
+              f"{r['ais_delta_bpd']:.4f} +- {r['ais_delta_bpd_se']:.4f} bits/dim" + ("" if r["ais_enough_ess"] else warn))
     print(f"wrote {path}")
 
 

@@ -394,7 +394,10 @@ def test_eval_certifies_a_model_that_is_exactly_its_gaussian(tmp_path):
     # importance sampling from the Gaussian: every weight equal too
     ri = eval_script.main([f"--ckpt={tmp_path / 'ckpt.pt'}", f"--data_dir={data}", "--psnr_images=0", "--device=cpu",
                            "--is_draws=300", "--batch_size=128", f"--out={tmp_path / 'is'}"])
-    assert "ais_log_z" not in ri and ri["is_draws"] == 300 and ri["is_ess"] > 299.99
+    assert "ais_log_z" not in ri and ri["is_draws"] == 300 and ri["is_ess"] > 299.99 and ri["is_enough_ess"]
+    assert r["ais_enough_ess"]
+    from eval import enough_ess                 # the rule: ESS >= min(30, n / 2)
+    assert enough_ess(30, 10_000) and not enough_ess(29.9, 10_000) and enough_ess(8, 16) and not enough_ess(7.9, 16)
     assert abs(ri["is_log_z"] - model.gaussian.log_z()) < 1e-3 * abs(model.gaussian.log_z()) and ri["is_log_z_se"] < 1e-3
     assert r["ais_delta_bpd"] == pytest.approx((r["log_norm_const"] - r["ais_log_z"]) / (64 * math.log(2)))
     # the bracket of the energy bound holds the certified NLL, and is 2 B / ln 2 bits/dim wide
