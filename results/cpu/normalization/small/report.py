@@ -69,7 +69,7 @@ def main():
         print("|---|---|---|---|---|---|---|---|---|")
         runs = [f"p{S}_s{s}_w{w}" for s in (600, 3000) for w in (0, 1)]
         if S == 4:
-            runs += ["p4_s600_w0_single", "p4_s600_w1_single"]
+            runs += ["p4_s600_w0_seed1", "p4_s600_w1_seed1", "p4_s600_w0_single", "p4_s600_w1_single"]
         if S == 8:
             runs += [f"p8_B{B}" for B in ("0.5", "0.25", "0.1")]          # B = 1.0 is p8_s600_w0
         for run in runs:

@@ -61,3 +61,12 @@ for w in 0 1; do
     cp $R/$run/log.jsonl $OUT/$run.log.jsonl
     certify $run 4 256 1024 2048
 done
+
+# ----------------------------------------------------------------------------- part 4: a second training seed, 4x4
+for w in 0 1; do
+    run=p4_s600_w${w}_seed1
+    [ -f $R/$run/ckpt.pt ] || $N train.py --preset=cpu --data_dir=data/patches4 --seed=1 --norm_weight=$w --norm_draws=0 \
+        --out_dir=$R/$run > $R/$run.log 2>&1
+    cp $R/$run/log.jsonl $OUT/$run.log.jsonl
+    certify $run 4 256 1024 2048
+done
