@@ -139,16 +139,16 @@ def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0,
         if k == len(t) - 1:                                        # moves at the last level cannot change E[w]
             break
         h_k = float(steps[k - 1]) if steps is not None else h
-        for attempt in range(8 if adapt and k == 1 else 1):   # a pilot retries its first level until h fits there
+        tries = 8 if adapt and k == 1 else 1                       # a pilot retries its first level until h fits there
+        for attempt in range(tries):
             accepted = 0.0
             for _ in range(mala_steps):
                 y, U32, grad_y, acc = mala_step(energy_fn, y, U.to(y.dtype), grad_y, t[k], h_k, noise, precond_at(t[k]))
                 U = torch.where(acc, U32.double(), U)
                 accepted, nfe = accepted + acc.double().mean().item() / mala_steps, nfe + 1
-            if not adapt:
-                break
-            h = h_k * math.exp(2.0 * (accepted - target))
-            if abs(accepted - target) <= 0.2 or attempt == 7 or k > 1:
+            if adapt:
+                h = h_k * math.exp(2.0 * (accepted - target))
+            if attempt == tries - 1 or abs(accepted - target) <= 0.2:
                 break
             h_k = h
         acceptance.append(accepted)
@@ -163,10 +163,11 @@ def tune(energy_fn, ref, noise, n_levels, pilot_levels=512, uniform=0.2, **kwarg
     inc_sd_k ~ (t_(k-1) - t_k) sd(d U / dt) measures how much each stretch of t adds to the log-weights' variance
     (the network's part: the Gaussian's own is removed by the transport). The new grid puts its levels at equal
     steps of sum_k inc_sd_k (mixed with a share `uniform` of the Gaussian's grid, so no stretch is left empty);
-    h at a new level is the pilot's, interpolated in log h. Returns (grid (n_levels + 1,), steps (n_levels - 1,), pilot info)."""
+    h at a new level is the pilot's, interpolated in log h.
+    Returns (grid (n_levels + 1,), steps (n_levels - 1,), pilot info)."""
     _, info = ais(energy_fn, ref, noise, n_levels=pilot_levels, adapt=True, **kwargs)
     t_pilot, sd = info["t"], np.maximum(info["inc_sd"], 0.0)
-    density = (1 - uniform) * sd / max(sd.sum(), 1e-300) + uniform / len(sd) if sd.sum() > 0 else np.full(len(sd), 1 / len(sd))
+    density = (1 - uniform) * sd / sd.sum() + uniform / len(sd) if sd.sum() > 0 else np.full(len(sd), 1 / len(sd))
     cum = np.concatenate([[0.0], np.cumsum(density)])                         # at pilot levels 0 .. K_pilot
     cum /= cum[-1]
     position = np.interp(np.linspace(0, 1, n_levels + 1), cum, np.arange(len(t_pilot)))   # fractional pilot level

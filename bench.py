@@ -86,7 +86,8 @@ def make_steps(impl):
 
         def penalized(x):
             terms = dual_score_matching(confining, x)
-            return {"loss": terms["loss"] + mass_penalty(confining, norm_draws or x.shape[0], torch.Generator(dev).manual_seed(0))}
+            penalty_term = mass_penalty(confining, norm_draws or x.shape[0], torch.Generator(dev).manual_seed(0))
+            return {"loss": terms["loss"] + penalty_term}
         pair["confining"] = step_of(confining, lambda x: dual_score_matching(confining, x))
         pair["penalized"] = step_of(confining, penalized)
     return pair, count_parameters(energy)

@@ -493,6 +493,15 @@ def enough_ess(ess, n):
     return bool(ess >= min(30.0, 0.5 * n))
 
 
+def gather(parts, ddp, world):
+    """Every rank's list of parts, concatenated in rank order (all ranks get it); the list itself without DDP."""
+    if not ddp:
+        return parts
+    gathered = [None] * world
+    dist.all_gather_object(gathered, parts)
+    return [p for part in gathered for p in part]
+
+
 def certify(model, logp, c, d, quantized, config, device):
     """The certificates of log Z(0) (ais.py: AIS, and importance sampling from the Gaussian) and the NLL each
     certifies beside the one-pass NLL; results keys ais_* and is_* (module docstring). AIS chains are seeded one
@@ -513,7 +522,8 @@ def certify(model, logp, c, d, quantized, config, device):
     if config["ais_tune"] > 0:          # the pilot: its own seeds (disjoint from the chains'); rank 0's grid and h for all
         pilot = range(config["seed"] + 10 ** 9, config["seed"] + 10 ** 9 + config["ais_tune"])
         grid, steps, pilot_info = tune(model, ref, SeededNoise(pilot, device), config["ais_steps"],
-                                       pilot_levels=min(config["ais_tune_levels"], config["ais_steps"]), **{k: v for k, v in run.items() if k != "n_levels"})
+                                       pilot_levels=min(config["ais_tune_levels"], config["ais_steps"]),
+                                       **{k: v for k, v in run.items() if k != "n_levels"})
         shared = [(grid, steps, pilot_info["nfe"])]
         if ddp:
             dist.broadcast_object_list(shared, src=0)
@@ -527,13 +537,10 @@ def certify(model, logp, c, d, quantized, config, device):
         g = torch.Generator(device).manual_seed(config["seed"] + 2 * 10 ** 9 + rank)
         n = config["is_draws"] // world + (rank < config["is_draws"] % world)
         log_w = [importance(model, ref, n, g, config["batch_size"]).cpu().numpy()]
-        if ddp:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, log_w)
-            log_w = [p for part in gathered for p in part]
-        log_w = np.concatenate(log_w)
+        log_w = np.concatenate(gather(log_w, ddp, world))
         log_z, log_z_se, ess = summarize(log_w)
-        results.update(is_log_z=log_z, is_log_z_se=log_z_se, is_ess=ess, is_draws=len(log_w), is_enough_ess=enough_ess(ess, len(log_w)),
+        results.update(is_log_z=log_z, is_log_z_se=log_z_se, is_ess=ess, is_draws=len(log_w),
+                       is_enough_ess=enough_ess(ess, len(log_w)),
                        is_nll_bpd=nll_bits_per_dim(mean_U0, log_z, d, quantized),
                        is_nll_bpd_se=math.sqrt(se_U0 ** 2 + log_z_se ** 2) * to_bpd, is_delta_bpd=(c - log_z) * to_bpd,
                        is_log_z_reference=ref.log_z(), is_reference=ref_from)
@@ -544,23 +551,22 @@ def certify(model, logp, c, d, quantized, config, device):
     for i in range(0, len(seeds), config["batch_size"]):
         log_w, info = ais(model, ref, SeededNoise(seeds[i:i + config["batch_size"]], device), **run, **tuned)
         parts.append((seeds[i:i + config["batch_size"]], log_w.cpu().numpy(), info["acceptance"], info["ess"]))
-    if ddp:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, parts)
-        parts = [p for g in gathered for p in g]
+    parts = gather(parts, ddp, world)
     log_w = np.concatenate([p[1] for p in parts])
     acceptance = np.mean([p[2] for p in parts], axis=0)                 # per level, over the batches
     ess_trace = np.mean([p[3] for p in parts], axis=0)                  # ESS after each level (within a batch)
     log_z, log_z_se, ess = summarize(log_w)
     nll_ais = nll_bits_per_dim(mean_U0, log_z, d, quantized)
+    every = max(1, len(acceptance) // 64)                               # per-level lists: at most ~64 entries
     return results | dict(ais_log_z=log_z, ais_log_z_se=log_z_se, ais_nll_bpd=nll_ais,
                 ais_nll_bpd_se=math.sqrt(se_U0 ** 2 + log_z_se ** 2) * to_bpd, ais_delta_bpd=(c - log_z) * to_bpd,
-                ais_delta_bpd_se=log_z_se * to_bpd, ais_ess=ess, ais_enough_ess=enough_ess(ess, len(log_w)), ais_chains=len(log_w), ais_levels=config["ais_steps"],
+                ais_delta_bpd_se=log_z_se * to_bpd, ais_ess=ess, ais_enough_ess=enough_ess(ess, len(log_w)),
+                ais_chains=len(log_w), ais_levels=config["ais_steps"],
                 ais_nfe_per_chain=info["nfe"], ais_acceptance_min=float(acceptance.min()),
-                ais_acceptance_mean=float(acceptance.mean()), ais_acceptance=acceptance[::max(1, len(acceptance) // 64)].tolist(),
+                ais_acceptance_mean=float(acceptance.mean()), ais_acceptance=acceptance[::every].tolist(),
                 ais_log_z_reference=info["log_z_ref"], ais_reference=ref_from, ais_length=info["length"],
-                ais_tuned=bool(tuned), ais_pilot_chains=config["ais_tune"] if tuned else 0, ais_nfe_per_pilot_chain=pilot_nfe, ais_h=info["steps"][::max(1, len(acceptance) // 64)].tolist(),
-                ais_t=info["t"][1:-1][::max(1, len(acceptance) // 64)].tolist(),
+                ais_tuned=bool(tuned), ais_pilot_chains=config["ais_tune"] if tuned else 0,
+                ais_nfe_per_pilot_chain=pilot_nfe, ais_h=info["steps"][::every].tolist(), ais_t=info["t"][1:-1][::every].tolist(),
                 ais_ess_trace=ess_trace[::max(1, len(ess_trace) // 64)].tolist(), ais_seconds=time.time() - t0)
 
 

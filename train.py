@@ -393,7 +393,8 @@ while step < max_steps:
             # DDP averages the ranks' gradients: this is the gradient of the mean over the global batch
             total = terms["loss"].sum() * (world_size / batch_size)
             if norm_weight > 0 and kind == "energy" and gaussian_term:
-                total = total + norm_weight * mass_penalty(raw_model, norm_draws or x.shape[0], g) * (chunk_size / batch_size) * world_size
+                penalty = mass_penalty(raw_model, norm_draws or x.shape[0], g)          # a mean over draws, per micro-batch
+                total = total + norm_weight * penalty * (chunk_size / batch_size) * world_size
             total.backward()
         zero = torch.zeros((), device=device)
         sums += torch.stack([zero + x.shape[0], terms["loss"].detach().sum(), terms["space"].detach().sum(),
