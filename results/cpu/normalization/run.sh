@@ -2,7 +2,9 @@
 # Every command behind docs/normalization.md, in the order it ran (one job at a time, nice'd, on a shared
 # 2-core machine). From the repo root:  bash results/cpu/normalization/run.sh
 # Runs go to $R (checkpoints, never committed); the small result files are copied to results/cpu/normalization/.
-# "old" = the previous default (README before this change), "new" = train.py's defaults now (the confining energy).
+# "old" = the previous default (README before this change), "new" = the confining energy without the mass
+# penalty (train.py's default when they ran; --norm_weight=0 now), "pen" = with it, as many Gaussian draws as
+# images (--norm_draws=0; the default is 8 now).
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 R=${R:-/tmp/norm_runs}
@@ -26,8 +28,8 @@ python results/cpu/normalization/stationary_gaussian.py --data_dir=data/patches 
 GRF="--preset=cpu --data_dir=data/grf --max_steps=1000 --lr_halve_every=400 --eval_interval=500 --ckpt_interval=500"
 $N train.py $GRF $OLD --out_dir=$R/grf_old
 $N train.py --preset=cpu $OLD --out_dir=$R/patches_old
-$N train.py $GRF --out_dir=$R/grf_new
-$N train.py --preset=cpu --out_dir=$R/patches_new
+$N train.py $GRF --norm_weight=0 --out_dir=$R/grf_new
+$N train.py --preset=cpu --norm_weight=0 --out_dir=$R/patches_new
 
 # ----------------------------------------------------------------------------- evaluations (in this order)
 ev() { name=$1; data=$2; out=$3; shift 3; $N eval.py --ckpt=$R/$name/ckpt.pt --data_dir=data/$data --out=$R/$name/$out "$@"; }
@@ -47,7 +49,7 @@ ev patches_new patches ais256 --max_images=1024 --psnr_images=0 --ais_chains=16 
 ev grf_new grf ais256 --psnr_images=0 --n_draws=4 --ais_chains=32 --ais_steps=256
 sa patches_new patches 16
 # a tighter bound on the network term, B = 0.25 nats/dim (the AIS of patches_new showed mass off the data)
-$N train.py --preset=cpu --energy_bound=0.25 --out_dir=$R/patches_new_b025
+$N train.py --preset=cpu --energy_bound=0.25 --norm_weight=0 --out_dir=$R/patches_new_b025
 ev patches_new_b025 patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
 pr patches_new_b025 patches 1024
 sa patches_old patches 16
@@ -58,7 +60,7 @@ ev patches_new_b025 patches ais1024 --max_images=1024 --psnr_images=0 --ais_chai
 ev patches_new patches ais1024 --max_images=1024 --psnr_images=0 --ais_chains=16 --ais_steps=1024
 
 # single SM with the new energy (the same preset, no time term)
-$N train.py --preset=cpu --time_weight=0 --out_dir=$R/patches_new_single
+$N train.py --preset=cpu --time_weight=0 --norm_weight=0 --out_dir=$R/patches_new_single
 ev patches_new_single patches ais128 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=128
 pr patches_new_single patches 1024
 
@@ -78,7 +80,7 @@ for run in grf_old grf_new patches_old patches_new patches_new_b025 patches_new_
 done
 
 # ----------------------------------------------------------------------------- the mass penalty (train.py's default now)
-$N train.py --preset=cpu --norm_weight=1 --out_dir=$R/patches_pen
+$N train.py --preset=cpu --norm_weight=1 --norm_draws=0 --out_dir=$R/patches_pen
 ev patches_pen patches ais1024 --max_images=1024 --psnr_images=128 --ais_chains=16 --ais_steps=1024
 pr patches_pen patches 1024
 python results/cpu/normalization/is_check.py --ckpt=$R/patches_pen/ckpt.pt --n=20000 > results/cpu/normalization/patches_pen/is_check.json
@@ -89,7 +91,7 @@ mkdir -p results/cpu/normalization/patches_pen
 cp $R/patches_pen/log.jsonl $R/patches_pen/probes.json $R/patches_pen/probes.png results/cpu/normalization/patches_pen/
 cp $R/patches_pen/ais1024/results.json results/cpu/normalization/patches_pen/ais1024.json
 # the GRF with the default now (mass penalty)
-$N train.py $GRF --out_dir=$R/grf_pen
+$N train.py $GRF --norm_draws=0 --out_dir=$R/grf_pen
 ev grf_pen grf ais128 --psnr_images=128 --n_draws=4 --ais_chains=32 --ais_steps=128 --is_draws=20000
 sa grf_pen grf 64
 pr grf_pen grf 2000

@@ -27,11 +27,18 @@ certify() {
     [ -f $OUT/$run.probes.json ] || { $N figures.py probes --ckpt=$R/$run/ckpt.pt --data_dir=data/patches$S --const_images=1024 --out=$R/$run > /dev/null 2>&1; cp $R/$run/probes.json $OUT/$run.probes.json; }
 }
 
-# ----------------------------------------------------------------------------- part 1: B on 8x8, 600 steps
+# train RUN ARGS...: train.py --preset=cpu ARGS into $R/RUN unless it is there, its log copied here.
+# The penalized runs drew as many Gaussian points as images (--norm_draws=0), before the default became 8.
+train() {
+    run=$1; shift
+    [ -f $R/$run/ckpt.pt ] || $N train.py --preset=cpu "$@" --out_dir=$R/$run > $R/$run.log 2>&1
+    cp $R/$run/log.jsonl $OUT/$run.log.jsonl
+}
+
+# ----------------------------------------------------------------------------- part 1: B on 8x8, 600 steps, no penalty
 for B in ${BS:-1.0 0.5 0.25 0.1}; do
-    run=p8_B$B
-    [ -f $R/$run/ckpt.pt ] || $N train.py --preset=cpu --data_dir=data/patches8 --energy_bound=$B --out_dir=$R/$run > $R/$run.log 2>&1
-    certify $run 8 64 256 1024
+    train p8_B$B --data_dir=data/patches8 --energy_bound=$B --norm_weight=0
+    certify p8_B$B 8 64 256 1024
 done
 
 # ----------------------------------------------------------------------------- part 2: the mass penalty
@@ -39,9 +46,7 @@ for S in 4 8; do
     for steps in 600 3000; do
         for w in 0 1; do
             run=p${S}_s${steps}_w$w
-            [ -f $R/$run/ckpt.pt ] || $N train.py --preset=cpu --data_dir=data/patches$S --max_steps=$steps --lr_halve_every=$((steps / 3)) \
-                --norm_weight=$w --out_dir=$R/$run > $R/$run.log 2>&1
-            cp $R/$run/log.jsonl $OUT/$run.log.jsonl
+            train $run --data_dir=data/patches$S --max_steps=$steps --lr_halve_every=$((steps / 3)) --norm_weight=$w --norm_draws=0
             if [ $S = 4 ]; then certify $run 4 256 1024 2048; else certify $run 8 64 1024 2048; fi
         done
     done
@@ -55,18 +60,12 @@ done
 
 # ----------------------------------------------------------------------------- part 3: single SM (no time term), 4x4
 for w in 0 1; do
-    run=p4_s600_w${w}_single
-    [ -f $R/$run/ckpt.pt ] || $N train.py --preset=cpu --data_dir=data/patches4 --time_weight=0 --norm_weight=$w --norm_draws=0 \
-        --out_dir=$R/$run > $R/$run.log 2>&1
-    cp $R/$run/log.jsonl $OUT/$run.log.jsonl
-    certify $run 4 256 1024 2048
+    train p4_s600_w${w}_single --data_dir=data/patches4 --time_weight=0 --norm_weight=$w --norm_draws=0
+    certify p4_s600_w${w}_single 4 256 1024 2048
 done
 
 # ----------------------------------------------------------------------------- part 4: a second training seed, 4x4
 for w in 0 1; do
-    run=p4_s600_w${w}_seed1
-    [ -f $R/$run/ckpt.pt ] || $N train.py --preset=cpu --data_dir=data/patches4 --seed=1 --norm_weight=$w --norm_draws=0 \
-        --out_dir=$R/$run > $R/$run.log 2>&1
-    cp $R/$run/log.jsonl $OUT/$run.log.jsonl
-    certify $run 4 256 1024 2048
+    train p4_s600_w${w}_seed1 --data_dir=data/patches4 --seed=1 --norm_weight=$w --norm_draws=0
+    certify p4_s600_w${w}_seed1 4 256 1024 2048
 done
