@@ -8,9 +8,16 @@ cuDNN picks its algorithms by default without determinism. Every script calls se
 in-training evaluation and eval.py compute with the same arithmetic: full fp32 (the paper's), unless
 train.py's --tf32=True; `full_precision()` turns TF32 off for a block (train.py's evaluation).
 Nothing here touches CUDA unless a CUDA device is asked for.
+
+Two process-wide settings of glibc's malloc (nothing elsewhere), for two opposite needs:
+`keep_freed_memory` for the repeated training step (train.py's loop on CPU, bench.py), `bounded_heap`
+for the streaming loops of varying sizes (baseline.py).
 """
+import ctypes
 import os
+import platform
 import re
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -44,6 +51,32 @@ def setup_device(device="auto", tf32=False, deterministic=False):
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)   # warns on any op known not to be
     return device
+
+
+def keep_freed_memory(limit=1 << 30):
+    """Make glibc's malloc keep freed memory for reuse. Returns the block size up to which it now does
+    (limit, or 32 MB where glibc caps it), 0 where it could not (not glibc: nothing changes).
+
+    PyTorch's CPU tensors come from malloc. By default glibc serves large blocks with fresh mmap pages and
+    returns the top of its heap to the system when more than ~2x the largest recent block is free: every
+    step that reaches a new peak then faults its pages in again (zero-filled by the kernel). A dual score
+    matching step frees and re-allocates 25-29 MB that way at bench.py's config (6400-7300 minor faults a
+    step, ~6% of its time; the denoiser step, with less memory in flight, none). With both thresholds at
+    `limit`, blocks below it come from the heap and the heap is never trimmed below it: the process keeps
+    its peak memory (as CUDA's caching allocator does). For a loop that repeats one step (train.py calls
+    it before its training loop on CPU, after the streamed statistics); not for streaming loops of varying
+    sizes, which it would let fragment the heap (`bounded_heap`). kernels/README.md has the timings."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return 0
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return 0
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                      # malloc.h; the mmap one first: setting
+    for size in (limit, 32 << 20):                                   # either turns off glibc's dynamic thresholds
+        if libc.mallopt(M_MMAP_THRESHOLD, size) and libc.mallopt(M_TRIM_THRESHOLD, size):
+            return size                                              # older glibc caps the mmap one at 32 MB
+    return 0
 
 
 @contextmanager

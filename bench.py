@@ -10,16 +10,22 @@ The energy step is: forward, first backward with create_graph=True (the scores),
 (double backward), Adam update. The denoiser step is forward, backward, Adam update, same UNet,
 same batch. Every (impl, step) pair is timed interleaved, rep by rep (A B A B ...), so machine
 noise hits them alike; the table gives median wall ms and median CPU ms of this thread (on CPU the
-latter is less sensitive to other processes on a shared machine) and the ratios. Then, for each
+latter is less sensitive to other processes on a shared machine), the median minor page faults of a
+step (memory the allocator handed back and maps again; backends.keep_freed_memory) and the ratios. Then, for each
 impl, torch.profiler over `profile_steps` energy steps splits the self CPU time into convolutions,
-matrix products, elementwise and reduction kernels, and Python / autograd overhead.
+matrix products, elementwise and reduction kernels, and Python / autograd overhead; and, for the
+paths that run kernels/ (not the reference), both steps' time by concern: the UNet's convolutions
+(kernels.conv), its norm + SiLU op (kernels.function) and everything else, with the energy / denoiser
+ratio of each: where the energy step's extra cost comes from.
 """
+import resource
 import statistics
 import time
 
 import torch
 
 from configurator import configure, config_block, require
+from backends import keep_freed_memory as keep_memory
 from eval import pick_device
 from kernels import IMPLS
 from dataset import stationary_spectrum
@@ -42,6 +48,7 @@ threads = 0                     # torch CPU threads; 0 keeps torch's default (OM
 tf32 = False                    # TF32 matrix products and convolutions on CUDA; False = fp32, as train.py's default
 penalty = False                 # also time train.py's default energy (Gaussian term, bound) with and without the mass penalty
 norm_draws = 8                  # the penalty's Gaussian draws per step (train.py --norm_draws)
+keep_freed_memory = True        # CPU: malloc keeps freed memory, as train.py's loop (backends.keep_freed_memory); False = glibc's default
 # -----------------------------------------------------------------------------------------------------
 globals().update(configure(config_block(globals()), doc=__doc__))
 impl_list = [s.strip() for s in impls.split(",") if s.strip()]
@@ -49,6 +56,8 @@ require(impl_list and all(i in IMPLS for i in impl_list), f"--impls={impls}: eac
 require(reps >= 1 and warmup >= 0 and profile_steps >= 0, "need reps >= 1, warmup >= 0, profile_steps >= 0")
 require(size % 2 ** num_scales == 0, f"--size={size} must be divisible by 2^num_scales = {2 ** num_scales}")
 dev = torch.device(pick_device(device, tf32=tf32))       # the same device and TF32 flags as train.py and eval.py
+if dev.type == "cpu" and keep_freed_memory:
+    keep_memory()                                          # as train.py before its loop
 if threads:
     torch.set_num_threads(threads)
 fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -99,12 +108,13 @@ def sync():
 
 
 def timed(fn):
-    """(wall ms, CPU ms of this thread) of one call."""
+    """(wall ms, CPU ms of this thread, minor page faults of the process) of one call."""
     sync()
-    w0, c0 = time.perf_counter(), time.thread_time()
+    f0, w0, c0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter(), time.thread_time()
     fn()
     sync()
-    return 1e3 * (time.perf_counter() - w0), 1e3 * (time.thread_time() - c0)
+    return (1e3 * (time.perf_counter() - w0), 1e3 * (time.thread_time() - c0),
+            resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 
 
 CATEGORIES = ("convolution", "matmul", "elementwise + reductions", "python / autograd / optimizer")
@@ -135,6 +145,41 @@ def breakdown(step, n):
     return shares, [(e.key, e.self_cpu_time_total / total, e.count / n) for e in top]
 
 
+CONCERNS = {"convolutions": ("Conv", "ConvBackward", "ConvBackwardBackward"),
+            "norm + SiLU": ("GNSiLU", "GNSiLUBackward", "GNSiLUBackwardBackward")}
+
+
+def by_concern(step, n):
+    """CPU ms per step (under the profiler, which inflates small ops) inside kernels.conv's and
+    kernels.function's autograd Functions (forward calls and backward nodes, outermost events only, so a
+    backward that applies the next Function counts once), and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    events = prof.events()
+    engine = "autograd::engine::evaluate_function: "
+
+    def concern(e):
+        name = e.name[len(engine):] if e.name.startswith(engine) else e.name
+        return next((c for c, names in CONCERNS.items() if name in names), None)
+
+    def outermost(e, c):
+        parent = e.cpu_parent
+        while parent is not None:
+            if concern(parent) == c:
+                return False
+            parent = parent.cpu_parent
+        return True
+    ms = {c: 0.0 for c in CONCERNS}
+    for e in events:
+        c = concern(e)
+        if c is not None and outermost(e, c):
+            ms[c] += e.cpu_time_total / 1e3 / n
+    ms["everything else"] = sum(e.self_cpu_time_total for e in events) / 1e3 / n - sum(ms.values())
+    return ms
+
+
 steps, n_params = {}, 0
 for impl in impl_list:
     pair, n_params = make_steps(impl)
@@ -151,12 +196,13 @@ for _ in range(reps):
 print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {batch}, image "
       f"{channels}x{size}x{size}, base_width {base_width}, num_scales {num_scales}, {n_params:,} parameters, "
       f"channels_last {channels_last}, {reps} interleaved reps")
-print(f"{'impl':<11}{'step':<10}{'wall ms':>10}{'cpu ms':>10}{'images/s':>10}")
+print(f"{'impl':<11}{'step':<10}{'wall ms':>10}{'cpu ms':>10}{'images/s':>10}{'faults':>8}")
 med = {}
 for (impl, kind), ts in times.items():
     med[(impl, kind)] = (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
     wall, cpu = med[(impl, kind)]
-    print(f"{impl:<11}{kind:<10}{wall:>10.1f}{cpu:>10.1f}{1e3 * batch / wall:>10.1f}")
+    faults = statistics.median(t[2] for t in ts)                 # minor page faults per step (memory mapped afresh)
+    print(f"{impl:<11}{kind:<10}{wall:>10.1f}{cpu:>10.1f}{1e3 * batch / wall:>10.1f}{faults:>8.0f}")
 print("energy / denoiser (paper, H100: 3.7x):  "
       + ",  ".join(f"{impl} {med[(impl, 'energy')][0] / med[(impl, 'denoiser')][0]:.2f}x wall "
                    f"{med[(impl, 'energy')][1] / med[(impl, 'denoiser')][1]:.2f}x cpu" for impl in impl_list))
@@ -175,3 +221,9 @@ if profile_steps:
         print(f"\nenergy step, {impl}: self CPU time by kind (torch.profiler, {profile_steps} steps)")
         print("  " + ",  ".join(f"{c} {s:.0%}" for c, s in shares.items()))
         print("  top ops: " + ",  ".join(f"{name[6:]} {s:.0%} ({calls:.0f}/step)" for name, s, calls in top))
+        if impl in ("reference", "torch"):
+            continue                    # the reference runs neither kernels.conv nor kernels.function
+        parts = {kind: by_concern(steps[(impl, kind)], profile_steps) for kind in ("energy", "denoiser")}
+        print(f"  by concern, CPU ms per step under the profiler: energy / denoiser = ratio")
+        print("  " + ",  ".join(f"{c} {parts['energy'][c]:.1f} / {parts['denoiser'][c]:.1f} = "
+                                f"{parts['energy'][c] / parts['denoiser'][c]:.2f}x" for c in parts["energy"]))

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from backends import full_precision, setup_device
+from backends import full_precision, keep_freed_memory, setup_device
 from configurator import config_block, configure, fail, require
 from dataset import check_finite, covariance_spectrum, load_split, stationary_spectrum, to_tensor
 from eval import json_safe, log_norm_const, nll_bits_per_dim, noisy_energies, score_matching_terms
@@ -379,6 +379,8 @@ bad_step = torch.zeros((), dtype=torch.int64, device=device)          # first no
 optimizer.found_inf = torch.zeros((), dtype=torch.float32, device=device)
 ema_rate = 1.0 - 0.5 ** (batch_size / ema_halflife_images) if ema is not None else 0.0
 interval_start, run_steps, failed = time.time(), 0, False
+if device == "cpu":
+    keep_freed_memory()     # glibc's malloc keeps what a step frees: no page faults a step (kernels/README.md)
 while step < max_steps:
     lr_now = lr * 0.5 ** (step // lr_halve_every)                       # halved every lr_halve_every steps
     for group in optimizer.param_groups:

@@ -45,18 +45,24 @@ s_xy = r_xy / (2 s) - r_x r_y / (4 s^3), with r_v = -vbar q^2, r_b = q, r_vv = 2
 r_vb = -q^2, r_bb = 0; plain: s = q^1/2, s_v = -s^3 / 2, s_vv = 3 s^5 / 4.
 
 How the passes below are fused (kernels/README.md, "CPU backend"). Every full-size quantity is a
-per-(n, c) affine combination of at most four full-size tensors, so each output is a chain of
-addcmul's with (N, C, 1, 1) coefficients, and every sum over a group is assembled from per-channel
-sums over H, W (sum t, <t, x>, <t, ux>) instead of materialising xc, xhat, gh, Gx or xhat_dot:
-    forward          a = (x - m) alpha,  alpha = s w gain;  out = silu(a)           (a and out saved)
-    backward         da = silu_backward(dy, a)  (one aten op: dy silu'(a));         (da saved)
-                     S1 = sum_hw da,  S2 = sum_hw da x  ->  A, B, P;  dx = da s w gain + x c + const
-    double backward  a_dot = ux s w gain + x (s_dot w gain + s ug) + const,  g_dy = silu_backward(a_dot, a),
-                     g_a = sigmoid_backward((2 + a - 2 out) a_dot dy, sig) = dy silu''(a) a_dot;
-                     sums of g_a, g_a x, da ux, ux, ux x -> R1, R2, R3, Q;
-                     gx = g_a s w gain + da (s ug + s_dot w gain) + ux c1 + x c2 + const
+per-(n, c) affine combination of a few full-size tensors, so each output is a chain of addcmul's with
+(N, C, 1, 1) coefficients; every sum over a group is assembled from per-channel sums over H, W, and
+each pair (sum_hw t, sum_hw t (u - mean)) comes from ONE read-only pass (`_sums`: aten's batch-norm
+backward reduction), so xhat, gh, Gx, xhat_dot and the products under the sums are never written.
+The forward keeps xc = x - m (one full-size tensor more per layer) for the later passes. Full-size
+writes per pass (the denoiser step runs forward + backward, the dual score matching step forward,
+backward twice, double backward once):
+    forward          xc = x - m;  a = xc alpha,  alpha = s w gain;  out = silu(a)                    3
+    backward         da = silu_backward(dy, a) (one aten op: dy silu'(a));  S1, Pc = sums of da, da xc;
+                     dx = xc c + const, then += da alpha                                             3
+    double backward  sums of ux, ux xc and da (ux - mean ux);  uxc = ux - mean ux;
+                     a_dot = xc p2, then += uxc p1;  g_dy = silu_backward(a_dot, a);
+                     g_a / 2 = sigmoid_backward(X (1 + (a - 2 out) / 2), sigmoid(a)), X = a_dot dy
+                     (= dy silu''(a) a_dot / 2; 5 writes);  sums of g_a, g_a xc;
+                     gx = g_a p1 + const in place of g_a, then += da (s ug + s_dot w gain),
+                     += xc c2, += uxc c1                                                             13
 with ug = uw gain + w ugain. Elementwise ops keep the input's memory format (channels_last stays
-channels_last); sums over H, W accept any strides.
+channels_last); the sums accept any layout (a copy to NCHW first when it is not NCHW-contiguous).
 """
 import torch
 import torch.nn.functional as F
@@ -122,14 +128,6 @@ def compute_dtype(x):
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _sum(t):
-    return t.sum(dim=(2, 3))                                           # (N, C)
-
-
-def _dot(t, u):
-    return torch.linalg.vecdot(t.flatten(2), u.flatten(2))            # (N, C): sum_hw t u
-
-
 def _per_group(t, G):
     """(N, C) per-channel values -> (N, G) sums over the channels of each group."""
     return t if t.shape[1] == G else t.view(t.shape[0], G, -1).sum(dim=2)
@@ -145,19 +143,37 @@ def _bc(t):
     return t.view(*t.shape, 1, 1)                                      # (N, C) -> (N, C, 1, 1)
 
 
+def _sums(t, u, mean, ones):
+    """(sum_hw t, sum_hw t (u - mean)), each (N, C), in ONE read-only pass over t and u (mean: N C values).
+
+    The per-channel reduction of aten's batch-norm backward (sum dy and sum dy (x - mean), with the mean
+    it is given) on the (1, N C, H W) view and invstd = ones: a centred sum without writing u - mean or
+    the product (a reshape copies only inputs that are not NCHW-contiguous, e.g. channels_last). The op
+    reads mean by its data pointer, strides ignored: an expanded mean (a group's value repeated over its
+    channels) must be made contiguous first."""
+    N, C = t.shape[:2]
+    shape = (1, N * C, -1)
+    _, dot, total = torch.ops.aten.native_batch_norm_backward(t.reshape(shape), u.reshape(shape), None, None, None,
+                                                              mean.reshape(-1).contiguous(), ones, True, 0.0,
+                                                              [False, True, True])
+    return total.view(N, C), dot.view(N, C)
+
+
 def forward(x, weight, gain, groups, eps=1e-5, preserve_scale=True):
-    """out, and the state of the next passes: a (the SiLU input, full size), m, v, s (N, G), out."""
+    """out, and the state of the next passes: a (the SiLU input) and xc = x - m, both full size, out,
+    and v, s, s_v, s_b (N, G). Keeping xc (one full-size tensor per layer) spares the later passes
+    recomputing it."""
     N, C = x.shape[:2]
     dt, out_dtype = compute_dtype(x), x.dtype
     x = x.to(dt)
     K = x[0].numel() // groups
-    m = x.mean(dim=(2, 3)) if groups == C else _per_group(_sum(x), groups) / K   # (N, G)
+    m = x.mean(dim=(2, 3)) if groups == C else _per_group(x.sum(dim=(2, 3)), groups) / K   # (N, G)
     xc = x - _bc(_per_channel(m, C))
-    v = _per_group(_dot(xc, xc), groups) / K                          # two-pass variance, (N, G)
-    s = scale(v, eps, preserve_scale, order=0)
-    a = xc.mul_(_bc(_per_channel(s, C) * weight.to(dt) * gain.to(dt)))   # (x - m) s w gain, in place of xc
+    v = _per_group(torch.linalg.vector_norm(xc, dim=(2, 3)).square_(), groups) / K   # two-pass variance, (N, G)
+    s, s_v, s_b = scale(v, eps, preserve_scale, order=1)
+    a = xc * _bc(_per_channel(s, C) * weight.to(dt) * gain.to(dt))    # (x - m) s w gain
     out = F.silu(a).to(out_dtype)
-    return out, (a, m, v, s, out)
+    return out, (a, xc, out, v, s, s_v, s_b)
 
 
 def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
@@ -166,37 +182,36 @@ def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
     Every sum over a group uses the centred xc = x - m, not sum x - m sum: with few values per group (a
     1x1 middle block) the coefficient of xc reaches 1 / eps^(3/2), and the uncentred form would turn
     rounding errors of size |m| into wrong gradients where the exact ones are 0."""
-    a, m, v, s, _ = state
+    a, xc, _, _, s, s_v, s_b = state
     N, C = x.shape[:2]
     dt = a.dtype
-    x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
+    weight, gain = weight.to(dt), gain.to(dt)
     K = x[0].numel() // groups
-    m_c, s_c = _per_channel(m, C), _per_channel(s, C)
-    xc = x - _bc(m_c)                                                  # (N, C, H, W)
+    s_c = _per_channel(s, C)
     da = torch.ops.aten.silu_backward(dy.to(dt), a)                   # dy silu'(a)
-    S1, Pc = _sum(da), _dot(da, xc)                                    # sum_hw da, sum_hw da xc: (N, C)
+    ones = torch.ones(N * C, dtype=dt, device=a.device)
+    S1, Pc = _sums(da, xc, ones - 1, ones)                             # sum_hw da, sum_hw da xc: (N, C)
     wg = weight * gain
     A, B = _per_group(wg * Pc, groups), _per_group(wg * S1, groups)   # sum gh xc, sum gh
-    ds = scale(v, eps, preserve_scale, order=1)
-    dv = A * ds[1] + (A * ds[2]).mean(dim=1, keepdim=True) if preserve_scale else A * ds[1]
-    c_c = _per_channel(dv * (2 / K), C)                                # backward_coefs' c
+    dv = A * s_v + (A * s_b).mean(dim=1, keepdim=True) if preserve_scale else A * s_v
     alpha = s_c * wg
     const = s_c * _per_channel(B, C) * (-1 / K)
-    dx = torch.addcmul(_bc(const), xc, _bc(c_c)).addcmul_(da, _bc(alpha))   # s (gh - B / K) + c xc
+    dx = torch.addcmul(_bc(const), xc, _bc(_per_channel(dv * (2 / K), C)))   # s (gh - B / K) + c xc
+    dx.addcmul_(da, _bc(alpha))
     P = s_c * Pc                                                       # sum_hw da xhat
     return (dx, (P * gain).sum(dim=0), P * weight), (da, S1, Pc, A, B, dv)
 
 
 def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, eps=1e-5, preserve_scale=True):
     """(g_dy, gx, gw, ggain): gradients of <ux, dx> + <uw, dw> + <ugain, dgain>; any u may be None."""
-    a, m, v, s, out = state
+    a, xc, out, v = state[:4]
     da, S1, Pc, A, B, dv = state2
     N, C = x.shape[:2]
     dt = a.dtype
-    x, weight, gain = x.to(dt), weight.to(dt), gain.to(dt)
+    weight, gain = weight.to(dt), gain.to(dt)
     G, K = groups, x[0].numel() // groups
     ds = scale(v, eps, preserve_scale)
-    m_c, s_c = _per_channel(m, C), _per_channel(s, C)
+    s_c = _per_channel(ds[0], C)
     wg = weight * gain
     if uw is None and ugain is None:
         ug = ugain = torch.zeros_like(wg)
@@ -205,14 +220,15 @@ def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, e
         uw = torch.zeros_like(weight) if uw is None else uw.to(dt)
         ugain = torch.zeros_like(gain) if ugain is None else ugain.to(dt)
         ug = torch.addcmul(uw * gain, weight, ugain)                   # uw gain + w ugain, (N, C)
-    xc = x - _bc(m_c)                                                  # centred sums: see backward
+    ones = torch.ones(N * C, dtype=dt, device=a.device)
+    zeros = ones - 1
     if ux is not None:
         ux = ux.to(dt)
-        U2 = _dot(ux, xc)                                              # sum_hw xc ux
-        umean, v_dot, b_dot, s_dot = tangent_coefs(ds, _per_group(_sum(ux), G), _per_group(U2, G), K)
-        sdot_c = _per_channel(s_dot, C)
-        uxc = ux - _bc(_per_channel(umean, C))                         # xc_dot = ux - mean ux
-        Sdaux = _dot(da, uxc)                                          # sum_hw da xc_dot
+        U1, U2 = _sums(ux, xc, zeros, ones)                            # sum_hw ux, sum_hw xc ux
+        umean, v_dot, b_dot, s_dot = tangent_coefs(ds, _per_group(U1, G), _per_group(U2, G), K)
+        sdot_c, umean_c = _per_channel(s_dot, C), _per_channel(umean, C)
+        Sdaux = _sums(da, ux, umean_c, ones)[1]                        # sum_hw da xc_dot
+        uxc = ux - _bc(umean_c)                                        # xc_dot = ux - mean ux
     else:
         v_dot = b_dot = torch.zeros_like(v)
         sdot_c = Sdaux = torch.zeros_like(wg)
@@ -223,10 +239,12 @@ def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, e
         a_dot.addcmul_(uxc, _bc(p1))
     g_dy = torch.ops.aten.silu_backward(a_dot, a)                     # silu'(a) a_dot = out_dot
     silu_a = out if out.dtype == dt else F.silu(a)                     # a sig; out is rounded in bf16
-    g_a = torch.add(a, silu_a, alpha=-2).add_(2).mul_(a_dot).mul_(dy.to(dt))   # (2 + a (1 - 2 sig)) a_dot dy
-    g_a = torch.ops.aten.sigmoid_backward(g_a, torch.sigmoid(a))      # * sig (1 - sig): dy silu''(a) a_dot
-    Sga = _sum(g_a)
-    Sgaxc = _dot(g_a, xc)                                              # sum_hw g_a xc
+    # g_a = dy silu''(a) a_dot = 2 sig (1 - sig) (1 + a (1 - 2 sig) / 2) a_dot dy, computed as half_g_a
+    h = torch.add(a, silu_a, alpha=-2)                                 # a (1 - 2 sig)
+    half_g_a = torch.mul(a_dot, dy.to(dt))
+    half_g_a.addcmul_(h, half_g_a, value=0.5)
+    half_g_a = torch.ops.aten.sigmoid_backward(half_g_a, torch.sigmoid(a))
+    Sga, Sgaxc = (2 * t for t in _sums(half_g_a, xc, zeros, ones))    # sum_hw g_a, sum_hw g_a xc
     R1 = _per_group(torch.addcmul(wg * Sgaxc, ug, Pc), G)              # sum Gx xc
     R2 = _per_group(wg * Sdaux, G)                                     # sum gh xc_dot
     R3 = _per_group(torch.addcmul(wg * Sga, ug, S1), G)                # sum Gx
@@ -234,7 +252,8 @@ def double_backward(dy, x, weight, gain, state, state2, ux, uw, ugain, groups, e
     P = s_c * Pc                                                       # sum_hw da xhat
     c1, c2 = (_per_channel(c, C) for c in double_backward_coefs(ds, A, dv, v_dot, b_dot, R1, R2, K))
     const = torch.addcmul(s_c * _per_channel(R3, C), sdot_c, _per_channel(B, C)) * (-1 / K)   # -(s R3 + s_dot B) / K
-    gx = torch.addcmul(_bc(const), g_a, _bc(p1)).addcmul_(da, _bc(torch.addcmul(s_c * ug, sdot_c, wg)))
+    gx = torch.addcmul(_bc(const), half_g_a, _bc(2 * p1), out=half_g_a)   # g_a p1 + const, in place
+    gx.addcmul_(da, _bc(torch.addcmul(s_c * ug, sdot_c, wg)))
     gx.addcmul_(xc, _bc(c2))
     if ux is not None:
         gx.addcmul_(uxc, _bc(c1))

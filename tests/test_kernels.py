@@ -128,6 +128,7 @@ def check_backend(impl, shape, layout, device="cpu", dtype=torch.float32):
 @given(shapes, st.sampled_from(LAYOUTS))
 @example((1, 1, 1, 1, 1, False, 0), "contiguous")                    # one value per group: v = 0
 @example((2, 2, 1, 1, 2, False, 0), "channels_last")                 # two values: dx cancels to ~0
+@example((1, 1, 2, 1, 1, True, 0), "contiguous")                     # N = G = 1: per-channel means are a stride-0 view
 def test_derived_matches_autograd_float64(shape, layout):
     check_backend("derived", shape, layout, dtype=torch.float64)
 
