@@ -13,7 +13,7 @@ for every output max |error| <= tol * (max |reference| + 0.1) + 10 * (error of t
 reference), tol = 1e-4 for the forward and first-order gradients, 1e-3 for second-order ones. The
 last two terms cover results that cancel to ~0 (dx of a group of one or two values); where a group
 has (nearly) no variance the op amplifies by s up to eps^-1/2 = 316 and the floor 0.1 becomes
-0.1 * max s: the derived backend forms dx as da (s w gain) + x c + const, PyTorch's own GroupNorm
+0.1 * max s: the derived backend forms dx as da (s w gain) + xc c + const, PyTorch's own GroupNorm
 backward form, whose rounding is relative to the terms before they cancel. Measured worst over 30
 random cases (Triton): 1e-6 (first order) and 2e-5 (second order) of max |reference|.
 """
