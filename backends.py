@@ -53,6 +53,19 @@ def setup_device(device="auto", tf32=False, deterministic=False):
     return device
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                          # malloc.h
+
+
+def _mallopt(option, value):
+    """glibc's mallopt(option, value): True if set; False where it is not glibc (nothing changes)."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(option, int(value)))
+    except (OSError, AttributeError):
+        return False
+
+
 def keep_freed_memory(limit=1 << 30):
     """Make glibc's malloc keep freed memory for reuse. Returns the block size up to which it now does
     (limit, or 32 MB where glibc caps it), 0 where it could not (not glibc: nothing changes).
@@ -66,16 +79,10 @@ def keep_freed_memory(limit=1 << 30):
     its peak memory (as CUDA's caching allocator does). For a loop that repeats one step (train.py calls
     it before its training loop on CPU, after the streamed statistics); not for streaming loops of varying
     sizes, which it would let fragment the heap (`bounded_heap`). kernels/README.md has the timings."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return 0
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return 0
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                      # malloc.h; the mmap one first: setting
-    for size in (limit, 32 << 20):                                   # either turns off glibc's dynamic thresholds
-        if libc.mallopt(M_MMAP_THRESHOLD, size) and libc.mallopt(M_TRIM_THRESHOLD, size):
-            return size                                              # older glibc caps the mmap one at 32 MB
+    for size in (limit, 32 << 20):          # older glibc caps the mmap threshold at 32 MB
+        # the mmap threshold first: setting either one turns off glibc's dynamic thresholds
+        if _mallopt(M_MMAP_THRESHOLD, size) and _mallopt(M_TRIM_THRESHOLD, size):
+            return size
     return 0
 
 
@@ -96,8 +103,4 @@ def bounded_heap(threshold=1 << 20):
     of each large block freed, after which a loop of large temporaries of varying sizes (baseline.py's
     chunked NLL: 25 MB each) is served from a heap that fragments and grows with the number of chunks
     (measured: 217 -> 826 MB over 40k images of 32x32x3, and 217 -> 227 MB with this). Process-wide."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))          # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    _mallopt(M_MMAP_THRESHOLD, threshold)
