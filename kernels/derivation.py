@@ -193,10 +193,10 @@ def backward(dy, x, weight, gain, state, groups, eps=1e-5, preserve_scale=True):
     S1, Pc = _sums(da, xc, ones - 1, ones)                             # sum_hw da, sum_hw da xc: (N, C)
     wg = weight * gain
     A, B = _per_group(wg * Pc, groups), _per_group(wg * S1, groups)   # sum gh xc, sum gh
-    dv = A * s_v + (A * s_b).mean(dim=1, keepdim=True) if preserve_scale else A * s_v
+    dv, c = backward_coefs((s, s_v, s_b), A, K)
     alpha = s_c * wg
     const = s_c * _per_channel(B, C) * (-1 / K)
-    dx = torch.addcmul(_bc(const), xc, _bc(_per_channel(dv * (2 / K), C)))   # s (gh - B / K) + c xc
+    dx = torch.addcmul(_bc(const), xc, _bc(_per_channel(c, C)))       # s (gh - B / K) + c xc
     dx.addcmul_(da, _bc(alpha))
     P = s_c * Pc                                                       # sum_hw da xhat
     return (dx, (P * gain).sum(dim=0), P * weight), (da, S1, Pc, A, B, dv)
