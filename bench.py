@@ -130,12 +130,17 @@ def category(name):
     return CATEGORIES[2]
 
 
-def breakdown(step, n):
-    """Shares of self CPU time by category, and the top aten ops, over n steps."""
+def profiled(step, n):
+    """torch.profiler's events of n calls of step (CPU)."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(n):
             step()
+    return prof
+
+
+def breakdown(prof, n):
+    """Shares of self CPU time by category, and the top aten ops, over the n profiled steps."""
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     shares = {c: 0.0 for c in CATEGORIES}
@@ -149,14 +154,10 @@ CONCERNS = {"convolutions": ("Conv", "ConvBackward", "ConvBackwardBackward"),
             "norm + SiLU": ("GNSiLU", "GNSiLUBackward", "GNSiLUBackwardBackward")}
 
 
-def by_concern(step, n):
+def by_concern(prof, n):
     """CPU ms per step (under the profiler, which inflates small ops) inside kernels.conv's and
     kernels.function's autograd Functions (forward calls and backward nodes, outermost events only, so a
-    backward that applies the next Function counts once), and the rest."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(n):
-            step()
+    backward that applies the next Function counts once), and the rest, over the n profiled steps."""
     events = prof.events()
     engine = "autograd::engine::evaluate_function: "
 
@@ -217,13 +218,15 @@ for impl in impl_list[1:]:
         for kind in ("energy", "denoiser")))
 if profile_steps:
     for impl in impl_list:
-        shares, top = breakdown(steps[(impl, "energy")], profile_steps)
+        energy = profiled(steps[(impl, "energy")], profile_steps)
+        shares, top = breakdown(energy, profile_steps)
         print(f"\nenergy step, {impl}: self CPU time by kind (torch.profiler, {profile_steps} steps)")
         print("  " + ",  ".join(f"{c} {s:.0%}" for c, s in shares.items()))
         print("  top ops: " + ",  ".join(f"{name[6:]} {s:.0%} ({calls:.0f}/step)" for name, s, calls in top))
         if impl in ("reference", "torch"):
             continue                    # the reference runs neither kernels.conv nor kernels.function
-        parts = {kind: by_concern(steps[(impl, kind)], profile_steps) for kind in ("energy", "denoiser")}
-        print(f"  by concern, CPU ms per step under the profiler: energy / denoiser = ratio")
+        parts = {"energy": by_concern(energy, profile_steps),         # the same profiled energy steps
+                 "denoiser": by_concern(profiled(steps[(impl, "denoiser")], profile_steps), profile_steps)}
+        print("  by concern, CPU ms per step under the profiler: energy / denoiser = ratio")
         print("  " + ",  ".join(f"{c} {parts['energy'][c]:.1f} / {parts['denoiser'][c]:.1f} = "
                                 f"{parts['energy'][c] / parts['denoiser'][c]:.2f}x" for c in parts["energy"]))
