@@ -42,7 +42,7 @@ from ais import SeededNoise, ais, fitted_reference, importance, summarize, tune
 from backends import setup_device
 from configurator import configure, fail, require
 from dataset import check_finite, load_split, to_tensor
-from losses import add_noise
+from losses import add_noise, dual_score_matching
 from model import energy_and_scores, load_model
 
 
@@ -219,12 +219,7 @@ def denoising_psnr(denoise_fn, images, psnr_in=PSNR_IN, batch_size=256, device="
 def score_matching_terms(energy_fn, x, t=None, time_weight=1.0, generator=None):
     """losses.dual_score_matching's per-sample terms {'loss', 'space', 'time'} (B,), for evaluation: the same
     noise draws and formulas (docs/method.md §3), from scores without the double-backward graph."""
-    t, z, y = add_noise(x, t, generator)
-    d = x[0].numel()
-    _, grad_y, dU_dt = energy_and_scores(energy_fn, y, t)
-    space = (t.sqrt().view(-1, *[1] * (x.dim() - 1)) * grad_y - z).pow(2).flatten(1).mean(dim=1)
-    time = (0.5 * (1.0 - z.pow(2).flatten(1).sum(dim=1) / d) - (t / d) * dU_dt).pow(2)
-    return {"loss": space + time_weight * time, "space": space, "time": time}
+    return dual_score_matching(energy_fn, x, t, time_weight, generator, create_graph=False)
 
 
 def logp_and_deff(energy_fn, x, t, c, n_draws=1, generator=None):

@@ -41,15 +41,16 @@ def add_noise(x, t=None, generator=None):
     return t, z, y
 
 
-def dual_score_matching(energy_fn, x, t=None, time_weight=1.0, generator=None):
+def dual_score_matching(energy_fn, x, t=None, time_weight=1.0, generator=None, create_graph=True):
     """Per-sample dual score matching terms of an energy (y, t) -> (B,) on clean data x.
 
-    x (B, C, H, W) images or (B, D) vectors. Returns {'loss', 'space', 'time'}, each (B,).
+    x (B, C, H, W) images or (B, D) vectors. Returns {'loss', 'space', 'time'}, each (B,). create_graph=False
+    (evaluation) computes the same numbers from scores without the double-backward graph.
     """
     t, z, y = add_noise(x, t, generator)
     d = x[0].numel()
     sqrt_t = t.sqrt()
-    _, grad_y, dU_dt = energy_and_scores(energy_fn, y, t, create_graph=True)
+    _, grad_y, dU_dt = energy_and_scores(energy_fn, y, t, create_graph=create_graph)
     shape = (-1, *[1] * (x.dim() - 1))
     space = (sqrt_t.view(shape) * grad_y - z).pow(2).flatten(1).mean(dim=1)
     target = 0.5 * (1.0 - z.pow(2).flatten(1).sum(dim=1) / d)         # E[.|y] = (t/d) dU/dt
