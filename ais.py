@@ -99,8 +99,8 @@ def ais(energy_fn, ref, noise, t_max=1e3, n_levels=1024, mala_steps=1, step=1.0,
     target)), and repeats its first level's moves (up to 8 times) while the acceptance there is off target by
     more than 0.2 (the step a run starts from is a guess); later levels move once, as the fresh run will, so
     the pilot's increments measure the fresh run's difficulty. Its h depend on the chains' own moves, so its
-    weights are not an AIS estimate (tune uses its h and grid for a fresh run). Returns (log w (B,) float64, info) with info = dict(log_z_ref, t (K + 1,), the Gaussian's
-    thermodynamic length L, nfe per chain, and per level: acceptance and h (K - 1,), ess (K,): the weights' ESS
+    weights are not an AIS estimate (tune uses its h and grid for a fresh run).
+    Returns (log w (B,) float64, info) with info = dict(log_z_ref, t (K + 1,), the Gaussian's thermodynamic length L, nfe per chain, and per level: acceptance and h (K - 1,), ess (K,): the weights' ESS
     after the level, inc_sd (K,): the spread over chains of the level's log-weight increment, where the
     weights degenerate)."""
     t, length = schedule(ref.eig.cpu(), t_max, n_levels)
